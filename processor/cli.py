@@ -1,0 +1,98 @@
+"""The `flowhook` command line. Each command parses flags and calls into its module.
+
+Exit codes: 0 ok, 1 failure, 2 bad usage or bad input (message names file, line, field).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import click
+
+from processor import __version__
+from processor.errors import FlowhookError, InputError
+from processor.logs import configure
+from processor.settings import Settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
+    """Run a command's coroutine on uvloop when available; map errors to exit codes."""
+    try:
+        import uvloop
+
+        return asyncio.run(coro, loop_factory=uvloop.new_event_loop) or EXIT_OK
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(coro) or EXIT_OK
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        settings = Settings.from_env(**overrides)
+    except FlowhookError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure(settings.log_format, settings.log_level)
+    return settings
+
+
+def brokers_option(func: Any) -> Any:
+    return click.option(
+        "--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS)."
+    )(func)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowhook")
+def cli() -> None:
+    """Flowhook: Kafka-native flow webhooks."""
+
+
+@cli.command()
+@click.option("--port", default=9092, show_default=True, help="Loopback port to listen on.")
+def broker(port: int) -> None:
+    """Run only the embedded Kafka-compatible broker on loopback, until Ctrl-C."""
+    from processor.devserver import run_broker_only
+
+    load_settings()
+    sys.exit(run_broker_only(port))
+
+
+def main() -> None:
+    """Console entry point: FlowhookErrors become a message and exit code, not a traceback."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        code = EXIT_FAILURE
+    except click.ClickException as exc:
+        exc.show()
+        code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
+    except InputError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = EXIT_BAD_INPUT
+    except FlowhookError as exc:
+        click.echo(f"error: {exc}", err=True)
+        code = EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = EXIT_FAILURE
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _register_commands() -> None:
+    """Each area owns its commands; they are gathered here under one group."""
+    from processor.commands import demo, dev, results, send
+    from processor.dispatch.commands import dispatcher, replay
+    from processor.engine.commands import processor
+    from processor.flows.commands import flows, preview
+
+    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview):
+        cli.add_command(command)
+
+
+_register_commands()
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "cli", "load_settings", "main", "run_async"]

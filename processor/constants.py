@@ -1,0 +1,65 @@
+"""Every topic suffix, header name and time constant in one place."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Topic names are FLOWHOOK_TOPIC_PREFIX + suffix (prefix default "flowhook.").
+DEFAULT_TOPIC_PREFIX: Final = "flowhook."
+EVENTS: Final = "events"
+PROFILES: Final = "profiles"
+FLOWS: Final = "flows"
+WEBHOOKS: Final = "webhooks"
+RESULTS: Final = "results"
+EVENTS_INVALID: Final = "events.invalid"
+WAKEUPS: Final = "wakeups"
+DEAD_LETTER: Final = "webhooks.dead"
+# Retry tiers: a record waits in the tier whose delay is the largest one not above its
+# own delay, so records in one tier are nearly ordered by due time (see dispatch.retry_policy).
+RETRY_TIER_DELAYS_MS: Final = (1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000)
+
+DEFAULT_PARTITIONS: Final = 8
+DEFAULT_BROKERS: Final = "127.0.0.1:9092"
+DEFAULT_BROKER_PORT: Final = 9092
+
+# Delivery
+USER_AGENT_PREFIX: Final = "flowhook/"
+HEADER_WEBHOOK_ID: Final = "webhook-id"
+HEADER_WEBHOOK_TIMESTAMP: Final = "webhook-timestamp"
+HEADER_WEBHOOK_SIGNATURE: Final = "webhook-signature"
+RESERVED_HEADERS: Final = frozenset(
+    {
+        "content-type",
+        "user-agent",
+        HEADER_WEBHOOK_ID,
+        HEADER_WEBHOOK_TIMESTAMP,
+        HEADER_WEBHOOK_SIGNATURE,
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+    }
+)
+DEFAULT_TIMEOUT_MS: Final = 10_000
+DEFAULT_MAX_AGE_MS: Final = 24 * 3_600_000
+DEFAULT_RETRY_SCHEDULE_MS: Final = (
+    5_000,
+    30_000,
+    120_000,
+    600_000,
+    1_800_000,
+    3_600_000,
+    10_800_000,
+    21_600_000,
+)
+RETRY_JITTER: Final = 0.20
+MAX_RESPONSE_BYTES: Final = 64 * 1024
+RESPONSE_EXCERPT_BYTES: Final = 1024
+DEFAULT_INFLIGHT: Final = 256
+DEFAULT_PER_DESTINATION: Final = 32
+
+# Input limits
+MAX_INPUT_RECORD_BYTES: Final = 1024 * 1024
+
+# Secrets come from the environment as FLOWHOOK_SECRET_<NAME>.
+SECRET_ENV_PREFIX: Final = "FLOWHOOK_SECRET_"  # noqa: S105 - a variable-name prefix, not a secret

@@ -1,0 +1,1 @@
+"""The dispatcher: concurrent HTTP delivery, signing, retries, address policy, outcomes."""

@@ -1,0 +1,1 @@
+"""The processor: per-profile flow state in Faust tables, triggers, delays, splits, webhook-due records."""

@@ -1,0 +1,168 @@
+"""Every record Flowhook writes is built here, and every schema is loaded here.
+
+Workers use the compiled validators on input (events, profile updates); tests use them on
+everything the code writes. Builders return plain dicts ready for `orjson.dumps`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import fastjsonschema
+import orjson
+
+from processor import constants as c
+from processor.clock import iso, now_ms
+
+SchemaName = Literal["event", "profile", "flow", "webhook", "result", "invalid"]
+Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid"]
+TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid"})
+
+
+def schema_dir() -> Path:
+    """schemas/ of the source tree, or the copy packed into the wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "schemas", here / "_schemas"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("the schemas folder is missing from this installation")
+
+
+@cache
+def schema(name: SchemaName) -> dict[str, Any]:
+    return orjson.loads((schema_dir() / f"{name}.schema.json").read_bytes())
+
+
+@cache
+def _validator(name: SchemaName) -> Any:
+    return fastjsonschema.compile(schema(name), formats={"date-time": r"^\d{4}-\d\d-\d\d"})
+
+
+def validation_error(name: SchemaName, value: Any) -> str | None:
+    """None when `value` matches the schema, else a one-line reason naming the field."""
+    try:
+        _validator(name)(value)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        return exc.message
+    return None
+
+
+def _short_hash(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def run_id(flow_id: str, profile_id: str, event_id: str) -> str:
+    """Derived, so a replayed trigger event yields the same run id (and no second run)."""
+    return "run_" + _short_hash(flow_id, profile_id, event_id)
+
+
+def delivery_id(flow_id: str, run_id_: str, step_id: str) -> str:
+    """Derived, so a re-emitted webhook step keeps its webhook-id."""
+    return "dlv_" + _short_hash(flow_id, run_id_, step_id)
+
+
+def destination(url: str) -> str:
+    """Scheme, host, port and path only: no query string, fragment or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def delivery_result(
+    due: dict[str, Any],
+    *,
+    outcome: Outcome,
+    attempt: int | None = None,
+    http_status: int | None = None,
+    latency_ms: float | None = None,
+    error: str | None = None,
+    response_excerpt: str | None = None,
+    sent_at_ms: int | None = None,
+    finished_at_ms: int | None = None,
+    next_attempt_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """The `delivery` result record for one attempt outcome of a webhook-due record."""
+    return {
+        "type": "delivery",
+        "delivery_id": due["delivery_id"],
+        "flow_id": due["flow_id"],
+        "flow_version": due["flow_version"],
+        "step_id": due["step_id"],
+        "run_id": due["run_id"],
+        "profile_id": due["profile_id"],
+        "event_id": due["event_id"],
+        "metric": due["metric"],
+        "destination": destination(due["request"]["url"]),
+        "attempt": attempt if attempt is not None else due.get("attempt", 1),
+        "outcome": outcome,
+        "http_status": http_status,
+        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
+        "error": None if error is None else error[:500],
+        "response_excerpt": _excerpt(response_excerpt),
+        "due_at": due["due_at"],
+        "sent_at": iso(sent_at_ms) if sent_at_ms is not None else None,
+        "finished_at": iso(finished_at_ms if finished_at_ms is not None else now_ms()),
+        "next_attempt_at": iso(next_attempt_at_ms) if next_attempt_at_ms is not None else None,
+    }
+
+
+def _excerpt(text: str | None) -> str | None:
+    if text is None:
+        return None
+    data = text.encode()[: c.RESPONSE_EXCERPT_BYTES]
+    return data.decode(errors="ignore")
+
+
+def run_result(
+    *,
+    run_id_: str,
+    flow_id: str,
+    flow_version: int | None,
+    profile_id: str,
+    event_id: str,
+    status: Literal["entered", "exited", "completed"],
+    at_ms: int,
+    reason: str | None = None,
+) -> dict[str, Any]:
+    """The `run` result record for one lifecycle change of a run."""
+    return {
+        "type": "run",
+        "run_id": run_id_,
+        "flow_id": flow_id,
+        "flow_version": flow_version,
+        "profile_id": profile_id,
+        "event_id": event_id,
+        "status": status,
+        "reason": reason,
+        "at": iso(at_ms),
+    }
+
+
+def invalid_input(
+    *,
+    source_topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    reason: str,
+    seen_at_ms: int | None = None,
+) -> dict[str, Any]:
+    """A copy of an unusable input record with the reason; nothing is dropped silently."""
+    return {
+        "source_topic": source_topic,
+        "partition": partition,
+        "offset": offset,
+        "key_b64": base64.b64encode(key).decode() if key is not None else None,
+        "value_b64": base64.b64encode(value).decode() if value is not None else None,
+        "reason": reason[:1000],
+        "seen_at": iso(seen_at_ms if seen_at_ms is not None else now_ms()),
+    }

@@ -1,0 +1,183 @@
+"""Typed settings, loaded from flags and the environment.
+
+Every edge (processor, dispatcher, tools) takes one `Settings`. Secrets are not settings:
+the dispatcher reads `FLOWHOOK_SECRET_<NAME>` itself at send time, so no repr can leak them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from processor import constants as c
+from processor.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Full topic names for one topic prefix."""
+
+    prefix: str = c.DEFAULT_TOPIC_PREFIX
+
+    def name(self, suffix: str) -> str:
+        return f"{self.prefix}{suffix}"
+
+    @property
+    def events(self) -> str:
+        return self.name(c.EVENTS)
+
+    @property
+    def profiles(self) -> str:
+        return self.name(c.PROFILES)
+
+    @property
+    def flows(self) -> str:
+        return self.name(c.FLOWS)
+
+    @property
+    def webhooks(self) -> str:
+        return self.name(c.WEBHOOKS)
+
+    @property
+    def results(self) -> str:
+        return self.name(c.RESULTS)
+
+    @property
+    def events_invalid(self) -> str:
+        return self.name(c.EVENTS_INVALID)
+
+    @property
+    def wakeups(self) -> str:
+        return self.name(c.WAKEUPS)
+
+    @property
+    def dead_letter(self) -> str:
+        return self.name(c.DEAD_LETTER)
+
+    def retry_tier(self, delay_ms: int) -> str:
+        return self.name(f"{c.WEBHOOKS}.retry.{delay_ms // 1000}s")
+
+    @property
+    def retry_tiers(self) -> list[str]:
+        return [self.retry_tier(d) for d in c.RETRY_TIER_DELAYS_MS]
+
+    @property
+    def keyed_by_profile(self) -> list[str]:
+        """Topics the processor reads together; they must share one partition count."""
+        return [self.events, self.profiles, self.wakeups]
+
+
+@dataclass(frozen=True)
+class Settings:
+    brokers: str = c.DEFAULT_BROKERS
+    topic_prefix: str = c.DEFAULT_TOPIC_PREFIX
+    partitions: int = c.DEFAULT_PARTITIONS
+    allow_networks: tuple[IPNetwork, ...] = ()
+    allow_http: bool = False
+    data_dir: Path = field(default_factory=lambda: Path(".flowhook-data"))
+    store: str = "rocksdb"  # or "memory"
+    log_format: str = "console"  # or "json"
+    log_level: str = "info"
+    # Short group timeouts: the embedded broker takes about half the session timeout to
+    # finish a join, and dev/tests want seconds, not half a minute.
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 1_000
+    rebalance_timeout_ms: int = 10_000
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from FLOWHOOK_* variables; keyword overrides (from flags) win when not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        if "FLOWHOOK_BROKERS" in env:
+            values["brokers"] = env["FLOWHOOK_BROKERS"]
+        if "FLOWHOOK_TOPIC_PREFIX" in env:
+            values["topic_prefix"] = env["FLOWHOOK_TOPIC_PREFIX"]
+        if "FLOWHOOK_PARTITIONS" in env:
+            values["partitions"] = _positive_int("FLOWHOOK_PARTITIONS", env["FLOWHOOK_PARTITIONS"])
+        if "FLOWHOOK_ALLOW_NETWORKS" in env:
+            values["allow_networks"] = parse_networks(env["FLOWHOOK_ALLOW_NETWORKS"])
+        if "FLOWHOOK_ALLOW_HTTP" in env:
+            values["allow_http"] = _flag(env["FLOWHOOK_ALLOW_HTTP"])
+        if "FLOWHOOK_DATA_DIR" in env:
+            values["data_dir"] = Path(env["FLOWHOOK_DATA_DIR"])
+        if "FLOWHOOK_STORE" in env:
+            values["store"] = env["FLOWHOOK_STORE"]
+        if "FLOWHOOK_LOG_FORMAT" in env:
+            values["log_format"] = env["FLOWHOOK_LOG_FORMAT"]
+        if "FLOWHOOK_LOG_LEVEL" in env:
+            values["log_level"] = env["FLOWHOOK_LOG_LEVEL"].lower()
+        for name in ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms"):
+            var = f"FLOWHOOK_{name.upper()}"
+            if var in env:
+                values[name] = _positive_int(var, env[var])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.store not in ("rocksdb", "memory"):
+            raise ConfigError(f"FLOWHOOK_STORE={self.store!r}: use 'rocksdb' or 'memory'")
+        if self.log_format not in ("console", "json"):
+            raise ConfigError(f"FLOWHOOK_LOG_FORMAT={self.log_format!r}: use 'console' or 'json'")
+        if self.partitions < 1:
+            raise ConfigError("FLOWHOOK_PARTITIONS must be at least 1")
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The environment that gives a child process these same settings."""
+        return {
+            "FLOWHOOK_BROKERS": self.brokers,
+            "FLOWHOOK_TOPIC_PREFIX": self.topic_prefix,
+            "FLOWHOOK_PARTITIONS": str(self.partitions),
+            "FLOWHOOK_ALLOW_NETWORKS": ",".join(str(n) for n in self.allow_networks),
+            "FLOWHOOK_ALLOW_HTTP": "1" if self.allow_http else "0",
+            "FLOWHOOK_DATA_DIR": str(self.data_dir),
+            "FLOWHOOK_STORE": self.store,
+            "FLOWHOOK_LOG_FORMAT": self.log_format,
+            "FLOWHOOK_LOG_LEVEL": self.log_level,
+            "FLOWHOOK_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
+            "FLOWHOOK_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
+            "FLOWHOOK_REBALANCE_TIMEOUT_MS": str(self.rebalance_timeout_ms),
+        }
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """'127.0.0.0/8, ::1/128' -> networks; a bad entry is a ConfigError naming it."""
+    networks = []
+    for part in text.replace(";", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            networks.append(ipaddress.ip_network(part, strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"FLOWHOOK_ALLOW_NETWORKS: {part!r} is not a network: {exc}") from None
+    return tuple(networks)
+
+
+def _positive_int(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a whole number") from None
+    if value < 1:
+        raise ConfigError(f"{name}={text!r}: must be at least 1")
+    return value
+
+
+def _flag(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")

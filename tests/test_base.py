@@ -1,0 +1,88 @@
+"""The base: settings, durations, records and the embedded broker."""
+
+from __future__ import annotations
+
+import pytest
+
+from processor import records
+from processor.clock import iso, parse_iso_ms
+from processor.durations import DurationError, format_duration_ms, parse_duration_ms
+from processor.errors import ConfigError
+from processor.kafka import ensure_topics, make_producer, read_records, topic_plan
+from processor.settings import Settings, parse_networks
+
+
+def test_durations_parse_every_unit() -> None:
+    """Every unit SPEC.md names parses to milliseconds."""
+    assert [parse_duration_ms(x) for x in ("250ms", "5s", "2m", "3h", "2d", "1.5s")] == [
+        250, 5_000, 120_000, 10_800_000, 172_800_000, 1_500,
+    ]
+
+
+@pytest.mark.parametrize("bad", ["5", "", "5 sec", "s", 5, None, True])
+def test_durations_refuse_text_without_unit(bad: object) -> None:
+    """A duration without a unit is an error that says how to write one."""
+    with pytest.raises(DurationError, match="5s"):
+        parse_duration_ms(bad)  # type: ignore[arg-type]
+
+
+def test_duration_round_trip() -> None:
+    """Formatting picks the largest exact unit."""
+    assert format_duration_ms(172_800_000) == "2d"
+    assert format_duration_ms(1_500) == "1500ms"
+
+
+def test_iso_round_trip() -> None:
+    """ISO strings with Z, offsets or none all mean the same instant."""
+    ms = parse_iso_ms("2026-11-27T10:00:00Z")
+    assert parse_iso_ms("2026-11-27T11:00:00+01:00") == ms
+    assert parse_iso_ms("2026-11-27T10:00:00") == ms
+    assert iso(ms) == "2026-11-27T10:00:00.000Z"
+
+
+def test_settings_from_env_and_flags() -> None:
+    """Environment sets values, flags override them, bad values name the variable."""
+    env = {"FLOWHOOK_PARTITIONS": "3", "FLOWHOOK_ALLOW_NETWORKS": "127.0.0.0/8, ::1/128"}
+    s = Settings.from_env(env, brokers="127.0.0.1:1")
+    assert s.partitions == 3 and s.brokers == "127.0.0.1:1"
+    assert [str(n) for n in s.allow_networks] == ["127.0.0.0/8", "::1/128"]
+    with pytest.raises(ConfigError, match="FLOWHOOK_PARTITIONS"):
+        Settings.from_env({"FLOWHOOK_PARTITIONS": "zero"})
+    with pytest.raises(ConfigError, match="not-a-net"):
+        parse_networks("not-a-net")
+
+
+def test_topic_plan_copartitions_profile_topics() -> None:
+    """Events, profiles and wake-ups share one partition count; flows is compacted."""
+    plan = topic_plan(Settings(partitions=6))
+    assert {plan[t][0] for t in Settings().topics.keyed_by_profile} == {6}
+    assert plan["flowhook.flows"] == (1, {"cleanup.policy": "compact"})
+
+
+def test_ids_are_derived_and_stable() -> None:
+    """The same flow, profile and event always give the same run and delivery id."""
+    run = records.run_id("f", "p", "e")
+    assert run == records.run_id("f", "p", "e") and run != records.run_id("f", "p", "e2")
+    assert records.delivery_id("f", run, "s").startswith("dlv_")
+
+
+def test_destination_drops_query_and_credentials() -> None:
+    """Result records never carry query strings or credentials of a URL."""
+    assert (
+        records.destination("https://user:pw@example.com:8443/a/b?token=x#f")
+        == "https://example.com:8443/a/b"
+    )
+
+
+async def test_broker_round_trip(settings: Settings) -> None:
+    """Topics are created and records produced to the embedded broker can be read back."""
+    await ensure_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(settings.topics.events, b"v%d" % i, key=b"k%d" % i)
+    finally:
+        await producer.stop()
+    seen = [r.value async for r in read_records(settings, settings.topics.events, idle_s=1.0)]
+    assert sorted(seen) == sorted(b"v%d" % i for i in range(10))
