@@ -1,29 +1,95 @@
-"""`flowhook demo|dev|send|results` (placeholders until built)."""
+"""`flowhook demo|dev|send|results`: the tools around the workers."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import click
+import orjson
+
+from processor.cli import load_settings, run_async
 
 
 @click.command()
-def demo() -> None:
+@click.option("--events", "events_file", type=click.Path(path_type=Path), default=None,
+              help="Events to send (default: the sample stream in examples/).")
+@click.option("--timeout", default=90.0, show_default=True, help="Give up waiting after this many seconds.")
+def demo(events_file: Path | None, timeout: float) -> None:
     """Everything on one machine: broker, workers, receiver, sample flows and events."""
-    raise click.ClickException("not built yet")
+    from processor.demo import run_demo
+
+    sys.exit(run_demo(events_file=events_file, timeout_s=timeout))
 
 
 @click.command()
-def dev() -> None:
-    """Embedded broker + processor + dispatcher until Ctrl-C."""
-    raise click.ClickException("not built yet")
+@click.option("--port", default=9092, show_default=True, help="Port of the embedded broker.")
+@click.option("--flows", "flows_dir", type=click.Path(path_type=Path, exists=True, file_okay=False),
+              default=None, help="Apply the flow files in this folder at start.")
+@click.option("--receiver-port", default=8787, show_default=True,
+              help="Port of the local receiver that the example flows post to (0: none).")
+def dev(port: int, flows_dir: Path | None, receiver_port: int) -> None:
+    """Embedded broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
+    from processor.devserver import run_dev
+
+    sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port))
 
 
 @click.command()
-def send() -> None:
-    """Produce events from a JSON-lines file."""
-    raise click.ClickException("not built yet")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--topic", default=None, help="Topic to produce to (default: the events topic).")
+@click.option("--rate", type=float, default=None, help="At most this many records per second.")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+def send(file: Path, topic: str | None, rate: float | None, brokers: str | None) -> None:
+    """Produce events (one JSON object per line) from FILE, keyed by profile, with progress."""
+    from rich.progress import Progress
+
+    from processor.sending import produce_lines, read_lines, schema_for_topic
+
+    settings = load_settings(brokers=brokers)
+    topic = topic or settings.topics.events
+    lines = read_lines(file, schema_for_topic(settings, topic))
+    with Progress(transient=True, console=_stderr_console()) as bar:
+        task = bar.add_task(f"sending to {topic}", total=len(lines))
+        sent = run_async(produce_lines(settings, topic, lines, rate=rate,
+                                       progress=lambda n: bar.advance(task, n)))
+    click.echo(f"sent {sent} records from {file} to {topic}", err=True)
 
 
 @click.command()
-def results() -> None:
-    """Read delivery and run outcomes."""
-    raise click.ClickException("not built yet")
+@click.option("--follow", is_flag=True, help="Keep reading new outcomes until Ctrl-C.")
+@click.option("--flow", "flow_id", default=None, help="Only this flow's outcomes.")
+@click.option("--summary", is_flag=True, help="Per flow and step: outcomes, p50/p95 latency, top errors.")
+@click.option("--idle", default=2.0, show_default=True, help="Stop after this many idle seconds.")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+def results(follow: bool, flow_id: str | None, summary: bool, idle: float, brokers: str | None) -> None:
+    """Read delivery and run outcomes from the results topic (JSON lines, or a summary)."""
+    from processor.kafka import read_records
+    from processor.results import matches, summarize
+    from processor.summary_view import print_summary
+
+    settings = load_settings(brokers=brokers)
+
+    async def read() -> int:
+        collected = []
+        async for record in read_records(settings, settings.topics.results, idle_s=idle,
+                                         follow=follow and not summary):
+            value = orjson.loads(record.value)
+            if not matches(value, flow_id):
+                continue
+            if summary:
+                collected.append(value)
+            else:
+                sys.stdout.buffer.write(record.value + b"\n")
+                sys.stdout.flush()
+        if summary:
+            print_summary(summarize(collected))
+        return 0
+
+    sys.exit(run_async(read()))
+
+
+def _stderr_console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    return Console(stderr=True)

@@ -1,0 +1,86 @@
+"""`flowhook broker` and `flowhook dev`: long-running local set-ups, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import signal
+from pathlib import Path
+
+from processor.broker import EmbeddedBroker
+from processor.kafka import ensure_topics
+from processor.logs import get_logger
+from processor.receiver import Receiver, start_receiver
+from processor.settings import Settings
+from processor.stack import WorkerProcess
+
+log = get_logger(__name__)
+
+
+def _wait_for_ctrl_c() -> None:
+    async def wait() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+
+    asyncio.run(wait())
+
+
+def run_broker_only(port: int) -> int:
+    """The embedded broker on 127.0.0.1:<port> until Ctrl-C."""
+    with EmbeddedBroker(port=port) as broker:
+        log.info("broker_ready", bootstrap=broker.bootstrap, hint="Ctrl-C stops it")
+        _wait_for_ctrl_c()
+    return 0
+
+
+def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
+    """Broker, processor, dispatcher and a local receiver, until Ctrl-C."""
+    base = Settings.from_env()
+    settings = base.with_(
+        brokers=f"127.0.0.1:{port}",
+        allow_http=True,
+        allow_networks=base.allow_networks or (ipaddress.ip_network("127.0.0.0/8"),),
+        store="memory",
+    )
+    workdir = settings.data_dir / "dev"
+    with EmbeddedBroker(port=port, log_file=workdir / "broker.log") as broker:
+        asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
+        workers = [WorkerProcess(role, settings, workdir / f"{role}.log").start()
+                   for role in ("processor", "dispatcher")]
+        log.info("dev_ready", bootstrap=broker.bootstrap, logs=str(workdir), hint="Ctrl-C stops it")
+        try:
+            asyncio.run(_serve_receiver(receiver_port))
+        finally:
+            for worker in workers:
+                worker.stop()
+    return 0
+
+
+def flow_files(folder: Path) -> list[Path]:
+    return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")])
+
+
+async def _prepare(settings: Settings, paths: list[Path]) -> None:
+    await ensure_topics(settings)
+    if paths:
+        from processor.flows.publish import apply_definitions, read_definition_file
+
+        applied = await apply_definitions(settings, [(read_definition_file(p), str(p)) for p in paths])
+        log.info("flows_applied", flows=[f"{flow_id} v{version}" for flow_id, version in applied])
+
+
+async def _serve_receiver(receiver_port: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = None
+    if receiver_port:
+        runner, bound = await start_receiver(Receiver(), receiver_port)
+        log.info("receiver_ready", url=f"http://127.0.0.1:{bound}/")
+    await stop.wait()
+    if runner is not None:
+        await runner.cleanup()
