@@ -1,0 +1,55 @@
+"""Secrets from `FLOWHOOK_SECRET_<NAME>`, resolved only at send time (pure, no I/O but env).
+
+Secret headers arrive as templates of literal text and `{{ secrets.NAME }}` tags; signing
+secrets arrive as names. Values never leave this process except inside a request: they are
+not logged, not written to a topic, and a missing secret is reported by name only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+
+from processor import constants as c
+from processor.errors import FlowhookError
+
+_TAG = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+MASK = "••••"
+
+__all__ = ["MASK", "SecretError", "mask", "resolve_template", "secret_names", "secret_value"]
+
+
+class SecretError(FlowhookError):
+    """A secret is missing or a secret template is malformed; the message names no value."""
+
+
+def secret_value(name: str, env: Mapping[str, str] | None = None) -> str:
+    """The value of secret `name` from `FLOWHOOK_SECRET_<NAME>` (exact, then upper-case)."""
+    env = os.environ if env is None else env
+    for var in (c.SECRET_ENV_PREFIX + name, c.SECRET_ENV_PREFIX + name.upper()):
+        value = env.get(var)
+        if value:
+            return value
+    raise SecretError(f"secret {name} is not set: export {c.SECRET_ENV_PREFIX}{name.upper()}")
+
+
+def secret_names(template: str) -> list[str]:
+    """The secret names a template mentions, in order."""
+    return _TAG.findall(template)
+
+
+def resolve_template(template: str, env: Mapping[str, str] | None = None) -> str:
+    """Replace every `{{ secrets.NAME }}` tag; any other tag is an error."""
+    rest = _TAG.sub("", template)
+    if "{{" in rest or "{%" in rest:
+        raise SecretError("a secret header may hold only literal text and {{ secrets.NAME }} tags")
+    return _TAG.sub(lambda m: secret_value(m.group(1), env), template)
+
+
+def mask(text: str, values: list[str]) -> str:
+    """`text` with every occurrence of the given secret values replaced by a mask."""
+    for value in sorted(values, key=len, reverse=True):
+        if value:
+            text = text.replace(value, MASK)
+    return text
