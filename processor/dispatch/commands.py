@@ -1,17 +1,88 @@
-"""`flowhook dispatcher` and `flowhook replay` (placeholders until built)."""
+"""`flowhook dispatcher` and `flowhook replay`."""
 
 from __future__ import annotations
 
 import click
 
-
-@click.command()
-def dispatcher() -> None:
-    """Run the webhook dispatcher pool."""
-    raise click.ClickException("not built yet")
+from processor import constants as c
 
 
 @click.command()
-def replay() -> None:
-    """Send dead deliveries again with their original webhook-id."""
-    raise click.ClickException("not built yet")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=c.DEFAULT_INFLIGHT,
+    show_default=True,
+    help="Requests in flight at once (per lane: first tries and retries each get this window).",
+)
+@click.option(
+    "--per-destination",
+    type=click.IntRange(min=1),
+    default=c.DEFAULT_PER_DESTINATION,
+    show_default=True,
+    help="Requests in flight at once to one destination (host:port).",
+)
+@click.option(
+    "--drain",
+    "drain_idle_s",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    metavar="SECONDS",
+    help="Burst mode: exit once the input has been idle this long and nothing is in flight.",
+)
+def dispatcher(
+    brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None
+) -> None:
+    """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
+    from processor.cli import load_settings, run_async
+    from processor.dispatch.worker import run_dispatcher
+
+    settings = load_settings(brokers=brokers)
+    code = run_async(
+        run_dispatcher(
+            settings,
+            concurrency=concurrency,
+            per_destination=per_destination,
+            drain_idle_s=drain_idle_s,
+            handle_signals=True,
+        )
+    )
+    raise SystemExit(code)
+
+
+@click.command()
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@click.option("--flow", "flow_id", default=None, help="Only deliveries of this flow id.")
+@click.option(
+    "--since",
+    default=None,
+    help="Only deliveries that died at or after TIME (ISO-8601 or e.g. 2h ago: '2h').",
+)
+@click.option(
+    "--until", default=None, help="Only deliveries that died before TIME (ISO-8601 or a duration ago)."
+)
+@click.option("--idle", default=2.0, show_default=True, help="Seconds without new records that end reading.")
+def replay(
+    brokers: str | None, flow_id: str | None, since: str | None, until: str | None, idle: float
+) -> None:
+    """Send dead deliveries again, as fresh attempts with their original webhook-id."""
+    from processor.cli import load_settings, run_async
+    from processor.dispatch.replay import ReplayFilter, parse_time, replay_dead
+
+    try:
+        selection = ReplayFilter(flow_id=flow_id, since_ms=parse_time(since), until_ms=parse_time(until))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    settings = load_settings(brokers=brokers)
+    counts: dict[str, int] = {}
+
+    async def main() -> None:
+        counts.update(await replay_dead(settings, selection, idle_s=idle))
+
+    run_async(main())
+    click.echo(
+        f"replayed {counts.get('replayed', 0)} dead deliveries "
+        f"({counts.get('skipped', 0)} skipped: outside the filter or delivered since)",
+        err=True,
+    )

@@ -1,0 +1,122 @@
+"""From a webhook-due record and what its attempt came to, to the records to produce.
+
+Everything here is synchronous and free of Kafka and HTTP, so the decisions (delivered,
+failed, blocked, held, invalid, retry in which tier, dead) are tested without either.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from processor import records
+from processor.clock import iso, now_ms, parse_iso_ms
+from processor.dispatch.delivery import Attempt
+from processor.dispatch.retry_policy import Dead, Retry, plan_retry
+from processor.settings import Topics
+
+__all__ = ["Output", "after_attempt", "for_mode", "invalid_input", "result_output"]
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record to produce: topic, key and value bytes."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:
+    """The result record of one attempt outcome, keyed by delivery id."""
+    value = records.delivery_result(due, outcome=outcome, **fields)
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+
+
+def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
+    """The outputs of a record that is not to be sent (held or invalid), else None."""
+    mode = due["mode"]
+    if mode == "held":
+        return [result_output(topics, due, "held", error="flow is in manual status: not sent")]
+    if mode == "invalid":
+        return [result_output(topics, due, "invalid", error=due.get("error") or "invalid request")]
+    return None
+
+
+def _attempt_fields(attempt: Attempt) -> dict[str, Any]:
+    return {
+        "http_status": attempt.http_status,
+        "latency_ms": attempt.latency_ms,
+        "error": attempt.error,
+        "response_excerpt": attempt.response_excerpt,
+        "sent_at_ms": attempt.sent_at_ms,
+        "finished_at_ms": attempt.finished_at_ms,
+    }
+
+
+def after_attempt(
+    topics: Topics, due: dict[str, Any], attempt: Attempt, rng: random.Random | None = None
+) -> list[Output]:
+    """The result record, plus the retry-tier or dead-letter copy a retryable failure needs."""
+    kind = attempt.failure
+    fields = _attempt_fields(attempt)
+    if kind is None:
+        return [result_output(topics, due, "delivered", **fields)]
+    if not kind.retryable:
+        return [result_output(topics, due, kind.outcome, **fields)]  # type: ignore[arg-type]
+    finished = attempt.finished_at_ms or now_ms()
+    first = due.get("first_attempt_at")
+    first_ms = parse_iso_ms(first) if first else (attempt.sent_at_ms or finished)
+    options = due["options"]
+    plan = plan_retry(
+        attempt=int(due["attempt"]),
+        retry_ms=options.get("retry_ms"),
+        max_age_ms=int(options["max_age_ms"]),
+        first_attempt_ms=first_ms,
+        now_ms=finished,
+        retry_after_ms=attempt.retry_after_ms,
+        rng=rng,
+    )
+    if isinstance(plan, Retry):
+        return _retry_outputs(topics, due, plan, first_ms, fields)
+    return _dead_outputs(topics, due, plan, fields)
+
+
+def _retry_outputs(
+    topics: Topics, due: dict[str, Any], plan: Retry, first_ms: int, fields: dict[str, Any]
+) -> list[Output]:
+    again = {
+        **due,
+        "attempt": int(due["attempt"]) + 1,
+        "not_before": iso(plan.not_before_ms),
+        "first_attempt_at": iso(first_ms),
+    }
+    return [
+        result_output(topics, due, "retry_scheduled", next_attempt_at_ms=plan.not_before_ms, **fields),
+        Output(topics.retry_tier(plan.tier_delay_ms), due["delivery_id"].encode(), orjson.dumps(again)),
+    ]
+
+
+def _dead_outputs(topics: Topics, due: dict[str, Any], plan: Dead, fields: dict[str, Any]) -> list[Output]:
+    error = f"{fields['error']}; {plan.reason}" if fields["error"] else plan.reason
+    dead = {**due, "dead_reason": plan.reason}
+    return [
+        result_output(topics, due, "dead", **{**fields, "error": error}),
+        Output(topics.dead_letter, due["delivery_id"].encode(), orjson.dumps(dead)),
+    ]
+
+
+def invalid_input(topics: Topics, record: Any, reason: str) -> Output:
+    """A copy of an unusable webhook-due record on the invalid-input topic."""
+    value = records.invalid_input(
+        source_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        reason=reason,
+    )
+    return Output(topics.events_invalid, record.key, orjson.dumps(value))

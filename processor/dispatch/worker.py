@@ -1,0 +1,517 @@
+"""The dispatcher worker: consumer groups, in-flight windows, offsets, retry tiers.
+
+Two lanes, each its own consumer group and in-flight window, share one aiohttp session,
+one producer, the per-destination limits and the circuit breakers:
+
+- the *first-try* lane reads `webhooks` and sends at once;
+- the *retry* lane reads every retry tier; a partition whose head is not due yet is paused
+  (its fetched records wait in memory) and resumed when the head falls due, so a record is
+  sent at its own `not_before`, never later than needed, and never ahead of first tries.
+
+Commit path (per partition, for each lane), step by step:
+
+1. A fetched record's offset is registered as pending, in offset order.
+2. Its task makes the attempt (or decides held/invalid/blocked without one) and produces
+   every output: the result record and, when needed, the retry-tier or dead-letter copy.
+3. The task awaits the broker's acks for all of those outputs (acks=all); only then is
+   the offset marked done. A task that fails or is abandoned never marks it.
+4. Every `commit_interval_s`, and on revoke and shutdown, the done offsets at the front of
+   the pending list are dropped; the offset after the last one dropped is committed. So
+   the committed offset is the highest one below which every record's outcome is
+   acknowledged, and a crash re-delivers (at least once, same webhook-id), never loses.
+
+On revoke and on shutdown: stop taking work, let in-flight tasks finish within one
+deadline (`shutdown_deadline_s`), abandon the rest (their offsets stay uncommitted), commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from processor import constants as c
+from processor import records
+from processor.clock import now_ms, parse_iso_ms
+from processor.dispatch import outcomes
+from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
+from processor.dispatch.delivery import Attempt, RequestRefused, make_session, prepare, send
+from processor.dispatch.outcomes import Output
+from processor.dispatch.ratelimit import RateLimiters
+from processor.dispatch.retry_policy import FailureKind
+from processor.errors import FlowhookError
+from processor.kafka import ensure_topics, make_producer
+from processor.logs import get_logger
+from processor.settings import Settings
+
+log = get_logger(__name__)
+
+__all__ = ["Dispatcher", "DispatcherError", "DispatcherOptions", "PartitionOffsets", "run_dispatcher"]
+
+
+class DispatcherError(FlowhookError):
+    """The dispatcher stopped because an outcome could not be written; nothing was committed past it."""
+
+
+@dataclass(frozen=True)
+class DispatcherOptions:
+    """Tuning of one dispatcher process."""
+
+    concurrency: int = c.DEFAULT_INFLIGHT  # requests in flight, per lane
+    pending_per_request: int = 4  # records taken but unfinished, per in-flight request
+    per_destination: int = c.DEFAULT_PER_DESTINATION
+    drain_idle_s: float | None = None  # burst mode: exit once idle this long
+    shutdown_deadline_s: float = 10.0
+    commit_interval_s: float = 1.0
+    breaker_threshold: int = DEFAULT_THRESHOLD
+    breaker_cooldown_ms: int = DEFAULT_COOLDOWN_MS
+
+
+class PartitionOffsets:
+    """Pending offsets of one partition, in order; tells the offset that may be committed."""
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self.commit_at: int | None = None
+        self.committed: int | None = None
+
+    def add(self, offset: int) -> None:
+        self._pending.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._done.add(offset)
+
+    def advance(self) -> int | None:
+        """Drop the done offsets at the front; the offset to commit (None: nothing yet)."""
+        while self._pending and self._pending[0] in self._done:
+            offset = self._pending.popleft()
+            self._done.discard(offset)
+            self.commit_at = offset + 1
+        return self.commit_at
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
+def decode(record: ConsumerRecord) -> tuple[dict[str, Any] | None, str | None]:
+    """(webhook-due record, None) or (None, why it cannot be used)."""
+    try:
+        due = orjson.loads(record.value)
+    except (orjson.JSONDecodeError, TypeError) as exc:
+        return None, f"not JSON: {exc}"
+    error = records.validation_error("webhook", due)
+    return (None, f"not a webhook-due record: {error}") if error else (due, None)
+
+
+def not_before_ms(due: dict[str, Any] | None) -> int:
+    """When a retry may be sent (0: now)."""
+    if not due or not due.get("not_before"):
+        return 0
+    try:
+        return parse_iso_ms(due["not_before"])
+    except ValueError:
+        return 0
+
+
+class Dispatcher:
+    """Everything the lanes share: session, producer, limits, breakers; makes the outputs."""
+
+    def __init__(self, settings: Settings, options: DispatcherOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self.topics = settings.topics
+        self.breakers = Breakers(options.breaker_threshold, options.breaker_cooldown_ms)
+        self.rate_limits = RateLimiters()
+        self._destination_slots: dict[str, asyncio.Semaphore] = {}
+        self.rng = random.Random()
+        self.stop_event = asyncio.Event()
+        self.fatal: BaseException | None = None
+        # Retry records this process produced and has not consumed back yet (drain mode).
+        self.outstanding_retries: set[tuple[str, int]] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self.producer: AIOKafkaProducer | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop everything: an outcome could not be made or written."""
+        log.error("dispatcher_failed", error=repr(exc))
+        if self.fatal is None:
+            self.fatal = exc
+        self.stop_event.set()
+
+    def _slots(self, destination: str) -> asyncio.Semaphore:
+        slots = self._destination_slots.get(destination)
+        if slots is None:
+            slots = self._destination_slots[destination] = asyncio.Semaphore(self.options.per_destination)
+        return slots
+
+    async def outputs_for(
+        self, record: ConsumerRecord, due: dict[str, Any] | None, window: asyncio.Semaphore
+    ) -> list[Output]:
+        """Everything to produce for one webhook-due record (making its attempt if it is sent)."""
+        if due is None:
+            due, reason = decode(record)
+            if due is None:
+                return [outcomes.invalid_input(self.topics, record, reason or "unusable")]
+        return outcomes.for_mode(self.topics, due) or await self._attempt_outputs(due, window)
+
+    async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
+        """Rate limit, then a destination slot, then the breaker, then an in-flight slot, then send.
+
+        A record waiting for a busy or slow destination holds no in-flight slot, so other
+        destinations keep their throughput; the breaker is asked only once a slot is free,
+        so records queued behind a failing destination skip the request once it opens.
+        """
+        try:
+            prepared = prepare(
+                due, allow_http=self.settings.allow_http, allow_networks=self.settings.allow_networks
+            )
+        except RequestRefused as refused:
+            return outcomes.after_attempt(self.topics, due, refused.attempt, self.rng)
+        await self.rate_limits.acquire(prepared.destination, due["options"].get("rate_limit"))
+        async with self._slots(prepared.destination):
+            breaker = self.breakers.get(prepared.destination)
+            if not breaker.allow(now_ms()):
+                attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
+                return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+            try:
+                async with window:
+                    assert self.session is not None
+                    attempt = await send(self.session, prepared)
+            except BaseException:
+                breaker.probing = False  # an abandoned probe must not keep the circuit open forever
+                raise
+        self._update_breaker(prepared.destination, attempt)
+        return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+
+    def _update_breaker(self, destination: str, attempt: Attempt) -> None:
+        breaker = self.breakers.get(destination)
+        if attempt.failure is None or not attempt.failure.trips_breaker:
+            if breaker.is_open:
+                log.info("circuit_closed", destination=destination)
+            breaker.success()
+        elif breaker.failure(now_ms()):
+            log.warning("circuit_opened", destination=destination, failures=breaker.failures)
+
+    async def produce(self, outputs: Iterable[Output]) -> None:
+        """Produce the outputs and wait until the broker has acknowledged every one."""
+        assert self.producer is not None
+        acks = [await self.producer.send(o.topic, o.value, key=o.key) for o in outputs]
+        await asyncio.gather(*acks)
+
+    def retry_produced(self, outputs: list[Output]) -> None:
+        for output in outputs:
+            if output.topic.startswith(self.topics.name(c.WEBHOOKS) + ".retry."):
+                due = orjson.loads(output.value)
+                self.outstanding_retries.add((due["delivery_id"], due["attempt"]))
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, lane: Lane) -> None:
+        self.lane = lane
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.lane.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.lane.on_assigned(assigned)
+
+
+class Lane:
+    """One consumer group with its in-flight window: first tries, or the retry tiers."""
+
+    def __init__(self, core: Dispatcher, name: str, topics: list[str], *, delayed: bool) -> None:
+        settings = core.settings
+        self.core = core
+        self.name = name
+        self.topics = topics
+        self.delayed = delayed
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.brokers,
+            group_id=f"{settings.topic_prefix}dispatcher.{name}",
+            client_id=f"flowhook-dispatcher-{name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            rebalance_timeout_ms=settings.rebalance_timeout_ms,
+            fetch_max_wait_ms=100,
+        )
+        options = core.options
+        self.window = asyncio.Semaphore(options.concurrency)  # requests in flight
+        self.taken = asyncio.Semaphore(options.concurrency * options.pending_per_request)
+        self.offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self.buffers: dict[TopicPartition, deque[tuple[int, ConsumerRecord, dict[str, Any] | None]]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.assigned = False
+        self.last_activity = time.monotonic()
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        self.consumer.subscribe(topics=self.topics, listener=_Listener(self))
+
+    # -- rebalance -----------------------------------------------------------------------
+    def on_assigned(self, assigned: list[TopicPartition]) -> None:
+        for tp in assigned:
+            self.offsets[tp] = PartitionOffsets()
+        self.assigned = True
+        self.last_activity = time.monotonic()
+        log.info("partitions_assigned", lane=self.name, partitions=len(assigned))
+
+    async def on_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Finish or abandon in-flight work within the deadline, commit, forget the partitions."""
+        await self.finish_in_flight(self.core.options.shutdown_deadline_s)
+        await self.commit(revoked)
+        for tp in revoked:
+            self.offsets.pop(tp, None)
+            self.buffers.pop(tp, None)
+        log.info("partitions_revoked", lane=self.name, partitions=len(revoked))
+
+    async def finish_in_flight(self, deadline_s: float) -> None:
+        """Wait for in-flight tasks up to the deadline; cancel what is left (stays uncommitted)."""
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=deadline_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("in_flight_abandoned", lane=self.name, count=len(pending))
+
+    async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
+        """Commit, per partition, the offset below which every outcome is acknowledged."""
+        wanted = None if only is None else set(only)
+        offsets: dict[TopicPartition, int] = {}
+        for tp, tracker in list(self.offsets.items()):
+            if wanted is not None and tp not in wanted:
+                continue
+            position = tracker.advance()
+            if position is not None and position != tracker.committed:
+                offsets[tp] = position
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:  # a rebalance is under way; the revoke handler commits again
+            log.warning("commit_failed", lane=self.name, error=repr(exc))
+            return
+        for tp, position in offsets.items():
+            if tp in self.offsets:
+                self.offsets[tp].committed = position
+
+    # -- taking work ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Fetch and start work until the dispatcher stops."""
+        while not self.core.stop_event.is_set():
+            batch = await self.consumer.getmany(
+                timeout_ms=self._poll_timeout_ms(), max_records=self.core.options.concurrency
+            )
+            if batch:
+                self.last_activity = time.monotonic()
+            for tp, recs in batch.items():
+                await (self._buffer(tp, recs) if self.delayed else self._start_all(tp, recs))
+            if self.delayed:
+                await self._start_due()
+
+    def _poll_timeout_ms(self) -> int:
+        if not self.buffers:
+            return 200
+        head = min(buf[0][0] for buf in self.buffers.values() if buf)
+        return max(1, min(200, head - now_ms()))
+
+    def _tracker(self, tp: TopicPartition) -> PartitionOffsets:
+        tracker = self.offsets.get(tp)
+        if tracker is None:
+            tracker = self.offsets[tp] = PartitionOffsets()
+        return tracker
+
+    async def _start_all(self, tp: TopicPartition, recs: list[ConsumerRecord]) -> None:
+        tracker = self._tracker(tp)
+        for record in recs:
+            tracker.add(record.offset)
+        for record in recs:
+            await self.taken.acquire()
+            if self.offsets.get(tp) is not tracker:  # revoked meanwhile: the next owner has it
+                self.taken.release()
+                return
+            self._spawn(tracker, record, None)
+
+    async def _buffer(self, tp: TopicPartition, recs: list[ConsumerRecord]) -> None:
+        tracker = self._tracker(tp)
+        buffer = self.buffers.setdefault(tp, deque())
+        for record in recs:
+            tracker.add(record.offset)
+            due, _ = decode(record)
+            if due is not None:
+                self.core.outstanding_retries.discard((due["delivery_id"], due["attempt"]))
+            buffer.append((not_before_ms(due), record, due))
+        if tp in self.consumer.assignment():
+            self.consumer.pause(tp)  # hold the partition until its head is due
+
+    async def _start_due(self) -> None:
+        for tp in list(self.buffers):
+            buffer = self.buffers.get(tp)
+            while buffer and buffer[0][0] <= now_ms():
+                await self.taken.acquire()
+                if self.buffers.get(tp) is not buffer:
+                    self.taken.release()
+                    break
+                _, record, due = buffer.popleft()
+                self._spawn(self.offsets[tp], record, due)
+            if buffer is not None and not buffer and self.buffers.get(tp) is buffer:
+                del self.buffers[tp]
+                if tp in self.consumer.assignment():
+                    self.consumer.resume(tp)
+
+    def _spawn(self, tracker: PartitionOffsets, record: ConsumerRecord, due: dict[str, Any] | None) -> None:
+        task = asyncio.create_task(self._process(tracker, record, due))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _process(
+        self, tracker: PartitionOffsets, record: ConsumerRecord, due: dict[str, Any] | None
+    ) -> None:
+        try:
+            outputs = await self.core.outputs_for(record, due, self.window)
+            self.core.retry_produced(outputs)
+            await self.core.produce(outputs)
+            tracker.finish(record.offset)
+        except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
+            self.core.fail(exc)
+        finally:
+            self.taken.release()
+            self.last_activity = time.monotonic()
+
+    def idle_for(self) -> float | None:
+        """Seconds this lane has had nothing to do, or None while it is busy or unassigned."""
+        if not self.assigned or self.tasks or self.buffers:
+            return None
+        return time.monotonic() - self.last_activity
+
+
+async def _commit_loop(lanes: list[Lane], interval_s: float) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        for lane in lanes:
+            await lane.commit()
+
+
+async def _drain_watch(core: Dispatcher, lanes: list[Lane], idle_s: float) -> None:
+    """Burst mode: stop once every lane has been idle for `idle_s` and no retry is outstanding."""
+    while not core.stop_event.is_set():
+        await asyncio.sleep(min(0.1, idle_s / 4))
+        idle = [lane.idle_for() for lane in lanes]
+        if not core.outstanding_retries and all(i is not None and i >= idle_s for i in idle):
+            log.info("drained", idle_s=idle_s)
+            core.stop_event.set()
+
+
+async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | None) -> None:
+    options = core.options
+    helpers = [asyncio.create_task(lane.run()) for lane in lanes]
+    helpers.append(asyncio.create_task(_commit_loop(lanes, options.commit_interval_s)))
+    if options.drain_idle_s is not None:
+        helpers.append(asyncio.create_task(_drain_watch(core, lanes, options.drain_idle_s)))
+    if stop is not None:
+        helpers.append(asyncio.create_task(_forward(stop, core.stop_event)))
+    waiter = asyncio.create_task(core.stop_event.wait())
+    try:
+        done, _ = await asyncio.wait([waiter, *helpers], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not waiter and not task.cancelled() and task.exception() is not None:
+                core.fail(task.exception())  # type: ignore[arg-type]
+    finally:
+        for task in [waiter, *helpers]:
+            task.cancel()
+        await asyncio.gather(waiter, *helpers, return_exceptions=True)
+
+
+async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _shut_down(core: Dispatcher, lanes: list[Lane]) -> None:
+    """Stop taking work; finish or abandon in-flight work within one deadline; commit; close."""
+    deadline = time.monotonic() + core.options.shutdown_deadline_s
+    for lane in lanes:
+        await lane.finish_in_flight(max(0.0, deadline - time.monotonic()))
+    for lane in lanes:
+        await lane.commit()
+    for lane in lanes:
+        with contextlib.suppress(KafkaError):
+            await lane.consumer.stop()
+
+
+def _install_signal_handlers(event: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, event.set)
+
+
+async def run_dispatcher(
+    settings: Settings,
+    *,
+    concurrency: int = c.DEFAULT_INFLIGHT,
+    per_destination: int = c.DEFAULT_PER_DESTINATION,
+    drain_idle_s: float | None = None,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = False,
+    options: DispatcherOptions | None = None,
+) -> None:
+    """Run the dispatcher until `stop` is set, a signal arrives, or (burst mode) input is drained.
+
+    Raises DispatcherError when an outcome could not be written (nothing is committed past it,
+    so a restart re-delivers).
+    """
+    options = options or DispatcherOptions(
+        concurrency=concurrency, per_destination=per_destination, drain_idle_s=drain_idle_s
+    )
+    core = Dispatcher(settings, options)
+    if handle_signals:
+        _install_signal_handlers(core.stop_event)
+    await ensure_topics(settings)
+    core.session = make_session(
+        allow_networks=settings.allow_networks,
+        concurrency=2 * options.concurrency,
+        per_destination=options.per_destination,
+    )
+    core.producer = make_producer(settings)
+    lanes = [
+        Lane(core, "first", [settings.topics.webhooks], delayed=False),
+        Lane(core, "retry", settings.topics.retry_tiers, delayed=True),
+    ]
+    try:
+        await core.producer.start()
+        for lane in lanes:
+            await lane.start()
+        log.info(
+            "dispatcher_started", concurrency=options.concurrency, per_destination=options.per_destination
+        )
+        await _run_lanes(core, lanes, stop)
+    finally:
+        await asyncio.shield(_close(core, lanes))
+    if core.fatal is not None:
+        raise DispatcherError(f"an outcome could not be written: {core.fatal!r}") from core.fatal
+
+
+async def _close(core: Dispatcher, lanes: list[Lane]) -> None:
+    await _shut_down(core, lanes)
+    if core.producer is not None:
+        await core.producer.stop()
+    if core.session is not None:
+        await core.session.close()
+    log.info("dispatcher_stopped")
