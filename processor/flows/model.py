@@ -7,6 +7,7 @@ step's path in the definition (e.g. "steps[1].then[0]"), so runs can point at a 
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -34,8 +35,12 @@ class Condition:
     value: Any = None
     since: Literal["flow_start"] | None = None
     within_ms: int | None = None
+    # What a property condition reads: the profile, or the triggering event's properties
+    # (trigger filters and `on: event` splits). Set by the loader; history ignores it.
+    on: SplitOn = "profile"
 
-    @property
+    # `builtins.property`: the field named `property` shadows the builtin in this class body.
+    @builtins.property
     def is_history(self) -> bool:
         return self.metric is not None
 

@@ -1,0 +1,218 @@
+"""Reading and validating flow definitions (YAML or JSON files, or plain dicts).
+
+`load_flow_file(path)` and `flow_from_dict(data, source=...)` return a `Flow` or raise
+`InputError` with every problem found, each naming the file, the line (YAML line numbers)
+and the field, and saying how to fix it. `check_flow_file` also returns warnings (used by
+`flowhook flows validate`).
+
+Checks run in this order: the file parses; the semantic builder (processor.flows.build)
+checks every field and records every problem; when it finds none, the definition is also
+checked against schemas/flow.schema.json as a safety net.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from processor.errors import InputError, Problem
+from processor.flows.build import Checker, build_flow, field_name
+from processor.flows.model import Flow
+
+PathKey = tuple[str | int, ...]
+FLOW_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+class _FlowYamlLoader(yaml.SafeLoader):
+    """YAML as users mean it: `on`/`yes`/`no` stay text, 10:30 and 2026-01-01 stay text."""
+
+
+def _yaml_12_resolvers() -> None:
+    dropped = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+               "tag:yaml.org,2002:timestamp"}
+    _FlowYamlLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in dropped]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _FlowYamlLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+    _FlowYamlLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+    _FlowYamlLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
+                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+        list("-+0123456789."))
+    _FlowYamlLoader.add_constructor(
+        "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node)))
+
+
+_yaml_12_resolvers()
+
+
+@dataclass
+class CheckedFile:
+    """What checking one file found: the flow (None when it has problems), problems, warnings."""
+
+    path: str
+    flow: Flow | None = None
+    definition: dict[str, Any] | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def allow_http_from_env() -> bool:
+    """FLOWHOOK_ALLOW_HTTP=1 lets flows use http:// URLs (tests, demo, local receivers)."""
+    return os.environ.get("FLOWHOOK_ALLOW_HTTP", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def flow_from_dict(data: Any, *, source: str, version: int = 1, allow_http: bool | None = None) -> Flow:
+    """A validated Flow from a definition (e.g. a `flows` topic record); InputError lists every problem."""
+    checked = check_definition(data, source=source, version=version, allow_http=allow_http)
+    if checked.flow is None:
+        raise InputError(checked.problems)
+    return checked.flow
+
+
+def load_flow_file(path: str | os.PathLike[str], *, allow_http: bool | None = None) -> Flow:
+    """A validated Flow from a YAML or JSON file; InputError names file, line and field of each problem."""
+    checked = check_flow_file(path, allow_http=allow_http)
+    if checked.flow is None:
+        raise InputError(checked.problems)
+    return checked.flow
+
+
+def check_flow_file(path: str | os.PathLike[str], *, allow_http: bool | None = None) -> CheckedFile:
+    """Read and check one file, collecting every problem and warning (never raises for content)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return CheckedFile(source, problems=[Problem(source, None, "", f"cannot read the file: {exc}")])
+    try:
+        data, lines = parse_text(text, json_file=source.lower().endswith(".json"))
+    except _ParseError as exc:
+        return CheckedFile(source, problems=[Problem(source, exc.line, "", exc.message)])
+    return check_definition(data, source=source, lines=lines, allow_http=allow_http)
+
+
+def check_definition(data: Any, *, source: str, version: int = 1, lines: dict[PathKey, int] | None = None,
+                     allow_http: bool | None = None) -> CheckedFile:
+    """Check a definition already parsed; `lines` maps field paths to line numbers."""
+    lines = lines or {}
+    checker = Checker(allow_http=allow_http_from_env() if allow_http is None else allow_http)
+    for dup in lines.get(_DUPLICATES, []):  # type: ignore[union-attr]
+        checker.add(dup, "this key is given twice; YAML keeps only the last one, so remove one")
+    try:
+        flow = build_flow(checker, data, source=source, version=version)
+    except Exception as exc:  # a gap in the checks must still end as a problem, not a crash
+        checker.add((), f"could not check this definition ({type(exc).__name__}: {exc})")
+        flow = None
+    if not checker.problems:
+        for path, message in schema_problems(data):
+            checker.add(path, message)
+        flow = None if checker.problems else flow
+    problems = [_problem(source, lines, p, m) for p, m in checker.problems]
+    warnings = [_problem(source, lines, p, m) for p, m in checker.warnings]
+    problems.sort(key=lambda p: (p.line or 0))
+    definition = data if isinstance(data, dict) else None
+    return CheckedFile(source, flow if not problems else None, definition, problems, warnings)
+
+
+def _problem(source: str, lines: dict[PathKey, int], path: PathKey, message: str) -> Problem:
+    return Problem(source, line_of(lines, path), field_name(path), message)
+
+
+def line_of(lines: dict[PathKey, int], path: PathKey) -> int | None:
+    """The line of the field, or of its nearest parent that has one."""
+    for end in range(len(path), -1, -1):
+        line = lines.get(path[:end])
+        if isinstance(line, int):
+            return line
+    return None
+
+
+# --- parsing with line numbers ---------------------------------------------------------
+
+_DUPLICATES: PathKey = ("\u0000duplicates",)
+
+
+class _ParseError(Exception):
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def parse_text(text: str, *, json_file: bool = False) -> tuple[Any, dict[PathKey, int]]:
+    """(data, lines) of a YAML or JSON document; lines maps field paths to 1-based lines."""
+    if json_file:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise _ParseError(exc.lineno, f"not valid JSON: {exc.msg}") from None
+        try:
+            return data, _lines_of(yaml.compose(text, Loader=_FlowYamlLoader))
+        except yaml.YAMLError:
+            return data, {}
+    try:
+        loader = _FlowYamlLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise _ParseError(line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return data, _lines_of(node) if node is not None else {}
+
+
+def _lines_of(node: yaml.Node | None) -> dict[PathKey, int]:
+    lines: dict[Any, Any] = {}
+    duplicates: list[PathKey] = []
+    if node is not None:
+        lines[()] = node.start_mark.line + 1
+        _walk(node, (), lines, duplicates)
+    lines[_DUPLICATES] = duplicates
+    return lines
+
+
+def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            child = (*path, key)
+            if key in seen:
+                duplicates.append(child)
+            seen.add(key)
+            lines[child] = key_node.start_mark.line + 1
+            _walk(value_node, child, lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines[child] = item.start_mark.line + 1
+            _walk(item, child, lines, duplicates)
+
+
+# --- the JSON Schema safety net ----------------------------------------------------------
+
+
+def schema_problems(data: Any) -> list[tuple[PathKey, str]]:
+    """The first problem schemas/flow.schema.json finds, as (path, message); empty when it matches."""
+    from processor.records import validation_error
+
+    message = validation_error("flow", data)
+    return [] if message is None else [((), f"{message} (schemas/flow.schema.json)")]

@@ -1,0 +1,121 @@
+"""How a property name is found on a profile or an event (shared by filters and templates).
+
+Profile: top-level fields (id, email, phone_number, first_name, ...) first, then the custom
+`properties`; a `$`-prefixed name such as `$phone_number` means the top-level field without
+the `$` (Klaviyo spells its standard fields that way). Event: the event record's
+`properties`, plus `$event_id`, `$time` and `metric` taken from the record itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+
+class _Missing:
+    """The one value meaning "no such property" (distinct from a stored null)."""
+
+    _instance: _Missing | None = None
+
+    def __new__(cls) -> _Missing:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+MISSING: Final = _Missing()
+PROPERTIES: Final = "properties"
+EVENT_SPECIALS: Final = ("$event_id", "$time", "metric")
+
+
+def profile_value(profile: Mapping[str, Any], name: str) -> Any:
+    """The value of `name` on a stored profile, or MISSING."""
+    if name.startswith("$") and name[1:] in profile and name[1:] != PROPERTIES:
+        return profile[name[1:]]
+    if name in profile and name != PROPERTIES:
+        return profile[name]
+    custom = profile.get(PROPERTIES)
+    if isinstance(custom, Mapping) and name in custom:
+        return custom[name]
+    if name == PROPERTIES:
+        return custom if isinstance(custom, Mapping) else MISSING
+    return MISSING
+
+
+def event_value(event: Mapping[str, Any], name: str) -> Any:
+    """The value of `name` on an event record (its properties, `$event_id`, `$time`, `metric`)."""
+    if name == "$event_id":
+        return event.get("id", MISSING)
+    if name == "$time":
+        return event.get("time", MISSING)
+    if name == "metric":
+        return event.get("metric", MISSING)
+    props = event.get(PROPERTIES)
+    if isinstance(props, Mapping) and name in props:
+        return props[name]
+    return MISSING
+
+
+class ProfileView(Mapping[str, Any]):
+    """A stored profile seen as one flat mapping, by the lookup rule above."""
+
+    __slots__ = ("_profile",)
+
+    def __init__(self, profile: Mapping[str, Any]) -> None:
+        self._profile = profile
+
+    def __getitem__(self, name: str) -> Any:
+        value = profile_value(self._profile, name) if isinstance(name, str) else MISSING
+        if value is MISSING:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        seen = [k for k in self._profile if k != PROPERTIES]
+        custom = self._profile.get(PROPERTIES)
+        if isinstance(custom, Mapping):
+            seen += [k for k in custom if k not in self._profile]
+        return iter(seen)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def plain(self) -> dict[str, Any]:
+        """The flattened profile as a plain dict (for `person|tojson`)."""
+        return {k: self[k] for k in self}
+
+
+class EventView(Mapping[str, Any]):
+    """An event record seen as its properties plus `$event_id`, `$time` and `metric`."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self, event: Mapping[str, Any]) -> None:
+        self._event = event
+
+    def __getitem__(self, name: str) -> Any:
+        value = event_value(self._event, name) if isinstance(name, str) else MISSING
+        if value is MISSING:
+            raise KeyError(name)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        props = self._event.get(PROPERTIES)
+        names = [k for k in props if k not in EVENT_SPECIALS] if isinstance(props, Mapping) else []
+        return iter([*names, *(k for k in EVENT_SPECIALS if k in self)])
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and event_value(self._event, name) is not MISSING
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def plain(self) -> dict[str, Any]:
+        """The event's properties and specials as a plain dict (for `event|tojson`)."""
+        return {k: self[k] for k in self}
