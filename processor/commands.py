@@ -93,3 +93,30 @@ def _stderr_console():  # type: ignore[no-untyped-def]
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+@click.command()
+@click.option("--events", default=20_000, show_default=True, help="Events (and requests) per stage.")
+@click.option("--profiles", default=5_000, show_default=True, help="Distinct profiles the events come from.")
+@click.option("--concurrency", default=256, show_default=True,
+              help="In-flight requests (raw HTTP and dispatcher).")
+@click.option("--brokers", default=None, help="Use this Kafka instead of starting the embedded broker.")
+@click.option("--rate", type=float, default=None, help="End to end: produce at this many events per second.")
+@click.option("--store", type=click.Choice(["memory", "rocksdb"]), default="memory", show_default=True,
+              help="State store of the processor and the plain-agent baseline.")
+@click.option("--partitions", default=8, show_default=True, help="Partitions of the bench topics.")
+@click.option("--stages", default="raw,agent,processor,dispatcher,e2e", show_default=True,
+              help="Comma-separated stages to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
+          partitions: int, stages: str, as_json: bool) -> None:
+    """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines."""
+    from processor.bench import STAGES, BenchConfig, run_bench
+
+    chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
+    unknown = [s for s in chosen if s not in STAGES]
+    if unknown:
+        raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+    config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
+                         rate=rate, store=store, partitions=partitions, stages=chosen)
+    sys.exit(run_bench(config, as_json=as_json))

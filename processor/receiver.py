@@ -37,6 +37,10 @@ class Receiver:
     by_path: Counter[str] = field(default_factory=Counter)
     seen_ids: Counter[str] = field(default_factory=Counter)
     total: int = 0
+    # bench: bodies carrying "bench_sent_ms" give end-to-end latencies (same machine, same clock)
+    latencies_ms: list[float] = field(default_factory=list)
+    first_at_ms: int | None = None
+    last_at_ms: int | None = None
 
     def __post_init__(self) -> None:
         self.recent = deque(maxlen=self.keep)
@@ -50,7 +54,7 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         webhook_id = request.headers.get("webhook-id", "")
-        self.total += 1
+        self._count(body)
         self.seen_ids[webhook_id] += 1
         self.by_path[request.path] += 1
         self.recent.append(
@@ -60,8 +64,32 @@ class Receiver:
             return web.json_response({"error": "try again"}, status=503)
         return web.json_response({"ok": True, "id": webhook_id})
 
+    def _count(self, body: bytes) -> None:
+        at = now_ms()
+        self.total += 1
+        self.first_at_ms = self.first_at_ms or at
+        self.last_at_ms = at
+        if b"bench_sent_ms" in body:
+            sent = orjson.loads(body).get("bench_sent_ms")
+            if isinstance(sent, int | float | str) and str(sent).isdigit():
+                self.latencies_ms.append(at - int(sent))
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"total": self.total, "distinct": len(self.seen_ids), "first_at_ms": self.first_at_ms,
+             "last_at_ms": self.last_at_ms, "latencies_ms": self.latencies_ms},
+            dumps=lambda v: orjson.dumps(v).decode(),
+        )
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        self.total, self.first_at_ms, self.last_at_ms = 0, None, None
+        self.latencies_ms, self.seen_ids = [], Counter()
+        return web.json_response({"ok": True})
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1024 * 1024)
+        app.router.add_get("/__stats", self.stats)
+        app.router.add_post("/__reset", self.reset)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
@@ -92,6 +120,7 @@ def describe(request: ReceivedRequest) -> dict[str, Any]:
 
 def serve_forever(port: int) -> None:
     """Entry point for a receiver in its own process (bench): serve until killed."""
+    import uvloop
 
     async def main() -> None:
         runner, _ = await start_receiver(Receiver(), port)
@@ -100,4 +129,10 @@ def serve_forever(port: int) -> None:
         finally:
             await runner.cleanup()
 
-    asyncio.run(main())
+    uvloop.run(main())
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(int(sys.argv[1]))

@@ -1,0 +1,417 @@
+"""`flowhook bench`: throughput and latency of each stage, next to a same-run baseline.
+
+Timings on a shared machine drift from run to run, so every figure is reported beside a
+baseline measured in the same run: a plain aiohttp client against the same receiver (the
+HTTP ceiling of one Python process here) and a plain Faust agent (one table update and one
+send per event) on the same broker. Stages, one after another, each on fresh topics:
+
+1. raw HTTP: N POSTs of the webhook body's size, at the same concurrency;
+2. plain agent: N events in, N records out (the processor's baseline);
+3. processor: N events in, N webhook-due records out;
+4. dispatcher: N pre-produced webhook-due records, N `delivered` outcomes;
+5. end to end: N events in, N POSTs received; latency from produce to receipt; peak RSS.
+
+Stage rates are measured between the first and last output record's timestamps, so worker
+start-up and group joins are not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from processor import records
+from processor.broker import EmbeddedBroker, free_port
+from processor.clock import iso, now_ms
+from processor.kafka import ensure_topics, make_producer, read_records
+from processor.logs import configure
+from processor.results import percentile
+from processor.settings import Settings
+from processor.stack import WorkerProcess
+
+BENCH_METRIC = "Bench Order"
+STAGES = ("raw", "agent", "processor", "dispatcher", "e2e")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    events: int = 20_000
+    profiles: int = 5_000
+    concurrency: int = 256
+    brokers: str | None = None
+    rate: float | None = None  # end-to-end produce rate; None: as fast as possible
+    store: str = "memory"
+    partitions: int = 8
+    stages: tuple[str, ...] = STAGES
+    stage_timeout_s: float = 300.0
+
+
+@dataclass
+class StageResult:
+    name: str
+    count: int = 0
+    seconds: float | None = None
+    latencies_ms: list[float] = field(default_factory=list)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def rate(self) -> float | None:
+        return self.count / self.seconds if self.seconds else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.name,
+            "count": self.count,
+            "seconds": self.seconds,
+            "per_second": self.rate,
+            "p50_ms": percentile(self.latencies_ms, 0.50),
+            "p95_ms": percentile(self.latencies_ms, 0.95),
+            "p99_ms": percentile(self.latencies_ms, 0.99),
+            "peak_rss_mb": self.rss_mb,
+            "note": self.note,
+        }
+
+
+class Bench:
+    """One bench run: a broker, a receiver process, and the stages in order."""
+
+    def __init__(self, config: BenchConfig, brokers: str, workdir: Path, receiver_port: int) -> None:
+        self.config = config
+        self.brokers = brokers
+        self.workdir = workdir
+        self.receiver_port = receiver_port
+        self.receiver_url = f"http://127.0.0.1:{receiver_port}"
+
+    def settings(self) -> Settings:
+        """Fresh topics for each stage: stages never read each other's records."""
+        return Settings(
+            brokers=self.brokers,
+            topic_prefix=f"bench{uuid.uuid4().hex[:8]}.",
+            partitions=self.config.partitions,
+            allow_http=True,
+            allow_networks=(ipaddress.ip_network("127.0.0.0/8"),),
+            data_dir=self.workdir / uuid.uuid4().hex[:8],
+            store=self.config.store,
+            log_level="warning",
+            session_timeout_ms=6_000,
+            heartbeat_interval_ms=500,
+            rebalance_timeout_ms=6_000,
+        )
+
+    def worker(self, role: str, settings: Settings, *args: str) -> WorkerProcess:
+        return WorkerProcess(role, settings, self.workdir / f"{settings.topic_prefix}{role}.log", args=args)
+
+    # -- payloads ---------------------------------------------------------------------------
+
+    def event(self, index: int, run: str) -> dict[str, Any]:
+        profile = index % self.config.profiles
+        return {
+            "id": f"evt_{run}_{index}",
+            "metric": BENCH_METRIC,
+            "time": iso(now_ms()),
+            "profile": {"id": f"p_{profile}", "email": f"bench{profile}@example.invalid",
+                        "first_name": "Bench", "properties": {"address": f"{profile} Main St"}},
+            "properties": {"OrderId": str(100000 + index), "$value": 129.5, "bench_sent_ms": now_ms(),
+                           "Items": [{"sku": "A1", "qty": 2}, {"sku": "B7", "qty": 1}]},
+        }
+
+    def flow(self) -> dict[str, Any]:
+        return {
+            "id": "bench",
+            "name": "bench",
+            "status": "live",
+            "trigger": {"metric": BENCH_METRIC},
+            "reentry": {"mode": "always"},
+            "steps": [{"webhook": {
+                "id": "hook",
+                "url": f"{self.receiver_url}/bench",
+                "retry": ["1s", "2s"],
+                "body": {"order_id": "{{ event.OrderId }}", "email": "{{ person.email }}",
+                         "name": "{{ person.first_name }}", "address": "{{ person.address }}",
+                         "items": "{{ event.Items }}", "total": "{{ event|lookup:'$value' }}",
+                         "bench_sent_ms": "{{ event.bench_sent_ms }}"},
+            }}],
+        }
+
+    def sample_body(self) -> bytes:
+        event = self.event(0, "raw")
+        return orjson.dumps({"order_id": "100000", "email": event["profile"]["email"], "name": "Bench",
+                             "address": "0 Main St", "items": event["properties"]["Items"],
+                             "total": 129.5, "bench_sent_ms": now_ms()})
+
+    def due_record(self, index: int) -> dict[str, Any]:
+        run_id = records.run_id("bench", f"p_{index}", f"evt_{index}")
+        return {
+            "delivery_id": records.delivery_id("bench", run_id, "hook"),
+            "flow_id": "bench", "flow_version": 1, "flow_name": "bench", "step_id": "hook",
+            "run_id": run_id, "profile_id": f"p_{index % self.config.profiles}",
+            "event_id": f"evt_{index}", "metric": BENCH_METRIC, "mode": "send", "error": None,
+            "request": {"method": "POST", "url": f"{self.receiver_url}/bench", "headers": {},
+                        "secret_headers": {}, "body": self.sample_body().decode(), "signing_secrets": []},
+            "options": {"timeout_ms": 10_000, "retry_ms": [1000, 2000], "max_age_ms": 3_600_000,
+                        "rate_limit": None},
+            "due_at": iso(now_ms()), "created_at": iso(now_ms()),
+            "attempt": 1, "not_before": None, "first_attempt_at": None,
+        }
+
+    # -- stages -----------------------------------------------------------------------------
+
+    async def raw_http(self) -> StageResult:
+        body = self.sample_body()
+        n, concurrency = self.config.events, self.config.concurrency
+        connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+        remaining = iter(range(n))
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def client() -> None:
+                for _ in remaining:
+                    async with session.post(f"{self.receiver_url}/raw", data=body,
+                                            headers={"Content-Type": "application/json"}) as response:
+                        await response.read()
+
+            started = time.perf_counter()
+            await asyncio.gather(*(client() for _ in range(concurrency)))
+            elapsed = time.perf_counter() - started
+        return StageResult("raw HTTP (aiohttp client)", n, elapsed)
+
+    async def plain_agent(self) -> StageResult:
+        from processor.bench_agent import OUT_SUFFIX
+
+        settings = self.settings()
+        await ensure_topics(settings)
+        await self.produce_events(settings, "agent")
+        worker = WorkerProcess("bench-agent", settings, self.workdir / "agent.log")
+        worker_cmd = [sys.executable, "-m", "processor.bench_agent", "worker", "-l", "warn"]
+        return await self._count_outputs(
+            "plain Faust agent (baseline)", settings, settings.topics.name(OUT_SUFFIX),
+            lambda: _popen(worker, worker_cmd),
+        )
+
+    async def processor(self) -> StageResult:
+        settings = self.settings()
+        await self.prepare_flows(settings)
+        await self.produce_events(settings, "proc")
+        worker = self.worker("processor", settings)
+        return await self._count_outputs("processor", settings, settings.topics.webhooks, worker.start)
+
+    async def dispatcher(self) -> StageResult:
+        settings = self.settings()
+        await ensure_topics(settings)
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            futures = [await producer.send(settings.topics.webhooks, orjson.dumps(rec),
+                                           key=rec["delivery_id"].encode())
+                       for rec in (self.due_record(i) for i in range(self.config.events))]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+        worker = self.worker("dispatcher", settings)
+        return await self._count_outputs("dispatcher", settings, settings.topics.results, worker.start,
+                                         accept=lambda v: b'"outcome":"delivered"' in v)
+
+    async def end_to_end(self) -> StageResult:
+        settings = self.settings()
+        await self.prepare_flows(settings)
+        workers = [self.worker("processor", settings).start(), self.worker("dispatcher", settings).start()]
+        try:
+            await self.warm_up(settings)
+            await self.receiver("POST", "__reset")
+            started = time.perf_counter()
+            await self.produce_events(settings, "e2e", rate=self.config.rate)
+            stats = await self.wait_received(self.config.events, workers)
+            elapsed = time.perf_counter() - started
+            result = StageResult("end to end", stats["total"], elapsed, stats["latencies_ms"])
+            result.rss_mb = {w.role: _peak_rss_mb(w) for w in workers}
+            if self.config.rate:
+                result.note = f"produced at {self.config.rate:.0f}/s"
+            return result
+        finally:
+            for worker in workers:
+                worker.stop()
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def prepare_flows(self, settings: Settings) -> None:
+        from processor.flows.publish import apply_definitions
+
+        await ensure_topics(settings)
+        await apply_definitions(settings, [(self.flow(), "bench")])
+
+    async def produce_events(self, settings: Settings, run: str, rate: float | None = None) -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        started = time.perf_counter()
+        try:
+            futures = []
+            for index in range(self.config.events):
+                event = self.event(index, run)
+                futures.append(await producer.send(settings.topics.events, orjson.dumps(event),
+                                                   key=event["profile"]["id"].encode()))
+                if rate and (ahead := (index + 1) / rate - (time.perf_counter() - started)) > 0:
+                    await asyncio.sleep(ahead)
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    async def warm_up(self, settings: Settings) -> None:
+        """One event through the whole path, so group joins are not in the measurement."""
+        producer = make_producer(settings)
+        await producer.start()
+        try:
+            await producer.send_and_wait(settings.topics.events, orjson.dumps(self.event(0, "warm")),
+                                         key=b"p_0")
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + 120
+        # Polling another process over HTTP: there is no event to wait on.
+        while time.monotonic() < deadline and (await self.receiver("GET", "__stats"))["total"] < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+
+    async def wait_received(self, n: int, workers: list[WorkerProcess]) -> dict[str, Any]:
+        deadline = time.monotonic() + self.config.stage_timeout_s
+        stats = await self.receiver("GET", "__stats")
+        while stats["total"] < n and time.monotonic() < deadline and all(w.alive for w in workers):
+            await asyncio.sleep(0.1)
+            stats = await self.receiver("GET", "__stats")
+        return stats
+
+    async def receiver(self, method: str, path: str) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as session, session.request(
+            method, f"{self.receiver_url}/{path}"
+        ) as response:
+            return orjson.loads(await response.read())
+
+    async def _count_outputs(
+        self,
+        name: str,
+        settings: Settings,
+        topic: str,
+        start: Callable[[], Any],
+        accept: Callable[[bytes], bool] = lambda _v: True,
+    ) -> StageResult:
+        process = start()
+        stamps: list[int] = []
+        deadline = time.monotonic() + self.config.stage_timeout_s
+
+        def done() -> bool:
+            finished = len(stamps) >= self.config.events or time.monotonic() > deadline
+            return finished or not _alive(process)
+
+        try:
+            async for record in read_records(settings, topic, follow=True, stop=done):
+                if accept(record.value):
+                    stamps.append(record.timestamp)
+        finally:
+            _stop(process)
+        span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else 0
+        note = "" if len(stamps) >= self.config.events else "incomplete: see the worker log"
+        return StageResult(name, len(stamps), span or None, note=note)
+
+
+def _popen(worker: WorkerProcess, command: list[str]) -> subprocess.Popen[bytes]:
+    import os
+
+    env = {**os.environ, **worker.settings.as_env()}
+    with worker.log_path.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def _alive(process: Any) -> bool:
+    if isinstance(process, WorkerProcess):
+        return process.alive
+    return process.poll() is None
+
+
+def _stop(process: Any) -> None:
+    if isinstance(process, WorkerProcess):
+        process.stop()
+    elif isinstance(process, subprocess.Popen):
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _peak_rss_mb(worker: WorkerProcess) -> float:
+    """VmHWM of a live worker process (Linux), in MiB; 0 where it cannot be read."""
+    if worker.process is None:
+        return 0.0
+    try:
+        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen([sys.executable, "-m", "processor.receiver", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return process
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("the bench receiver did not start")
+
+
+async def run_stages(bench: Bench) -> list[StageResult]:
+    stage_functions = {"raw": bench.raw_http, "agent": bench.plain_agent, "processor": bench.processor,
+                       "dispatcher": bench.dispatcher, "e2e": bench.end_to_end}
+    return [await stage_functions[name]() for name in bench.config.stages]
+
+
+def run_bench(config: BenchConfig, as_json: bool = False) -> int:
+    configure("console", "warning")
+    with tempfile.TemporaryDirectory(prefix="flowhook-bench-") as tmp:
+        workdir = Path(tmp)
+        port = free_port()
+        receiver = start_receiver_process(port)
+        broker = None if config.brokers else EmbeddedBroker(log_file=workdir / "broker.log").start()
+        try:
+            brokers = config.brokers or broker.bootstrap  # type: ignore[union-attr]
+            results = _run(Bench(config, brokers, workdir, port))
+        finally:
+            receiver.terminate()
+            if broker is not None:
+                broker.stop()
+    report(config, results, as_json)
+    return 0 if all(r.count >= config.events for r in results) else 1
+
+
+def _run(bench: Bench) -> list[StageResult]:
+    import uvloop
+
+    return uvloop.run(run_stages(bench))
+
+
+def report(config: BenchConfig, results: list[StageResult], as_json: bool) -> None:
+    from processor.bench_report import print_report
+
+    if as_json:
+        payload = {"config": config.__dict__, "stages": [r.as_dict() for r in results]}
+        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        print_report(config, results)
