@@ -1,11 +1,43 @@
-"""`flowhook processor` (placeholder until built)."""
+"""`flowhook processor`: run one flow-processor worker until SIGTERM or Ctrl-C."""
 
 from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
 
 import click
 
 
 @click.command()
-def processor() -> None:
-    """Run the flow processor (Faust worker)."""
-    raise click.ClickException("not built yet")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@click.option(
+    "--store",
+    type=click.Choice(["memory", "rocksdb"]),
+    default=None,
+    help="Where profile state lives locally (env FLOWHOOK_STORE; default rocksdb).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for the RocksDB store (env FLOWHOOK_DATA_DIR).",
+)
+def processor(brokers: str | None, store: str | None, data_dir: Path | None) -> None:
+    """Run the flow processor (a Faust worker): events in, webhook-due records out."""
+    from processor.cli import load_settings, run_async
+
+    settings = load_settings(brokers=brokers, store=store, data_dir=data_dir)
+    raise SystemExit(run_async(_serve(settings)))
+
+
+async def _serve(settings: object) -> int:
+    """Run until SIGTERM/SIGINT, then stop gracefully (commit offsets, flush the producer)."""
+    from processor.engine.app import run_processor
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await run_processor(settings, stop)  # type: ignore[arg-type]
+    return 0

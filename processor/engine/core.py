@@ -1,0 +1,484 @@
+"""The flow engine's semantics as pure functions: (state, record, flows, now) -> (state, outputs).
+
+No Kafka here. `engine.app` feeds every input record of one profile through `handle`, writes
+the returned state to the table and produces the outputs. Handlers update the state object
+they are given in place and return it.
+
+Per record, in order:
+1. a record already processed at the same source position (a re-read after a crash) gets
+   its recorded outputs again and changes nothing (see `handle`);
+2. profile fields on the record are merged into the stored profile;
+3. an event is de-duplicated by id, recorded in the metric history, and starts runs of the
+   flows it triggers (status, trigger filters, re-entry, profile filters at entry);
+4. date-property schedules are refreshed from the stored profile;
+5. whatever fell due (delays, date triggers) advances.
+
+A run advances step by step until it waits on a delay or ends; before every step the
+profile filters are checked again and the flow's current status is consulted (draft or
+removed: the run exits; manual: webhook steps are held).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from processor import records
+from processor.clock import iso, parse_iso_ms
+from processor.engine.flowset import END, FlowSet, Program
+from processor.engine.state import OUTBOX_KEEP_MS, OUTBOX_MAX_ENTRIES, DateSchedule, ProfileState, Run
+from processor.flows.filters import FilterContext, evaluate
+from processor.flows.lookup import MISSING, profile_value
+from processor.flows.model import DateProperty, DelayStep, Flow, SplitStep, WebhookStep
+
+RecordKind = Literal["event", "profile", "wakeup"]
+OutputKind = Literal["webhook", "result"]
+PROFILE_SKIP_FIELDS = frozenset({"time"})  # fields of a profile update that are not profile data
+
+
+@dataclass(frozen=True)
+class Output:
+    """A record to produce: a webhook-due record (key: delivery id) or a result (key: run id)."""
+
+    kind: OutputKind
+    key: str
+    value: dict[str, Any]
+
+    def pack(self) -> list[Any]:
+        return [self.kind, self.key, self.value]
+
+
+@dataclass
+class Outcome:
+    """What handling one record produced; `changed` is False when the table needs no write."""
+
+    state: ProfileState
+    outputs: list[Output] = field(default_factory=list)
+    changed: bool = True
+
+
+# --- entry point -----------------------------------------------------------------------
+
+
+def handle(
+    state: ProfileState,
+    kind: RecordKind,
+    record: dict[str, Any],
+    flows: FlowSet,
+    now_ms: int,
+    src: str | None = None,
+) -> Outcome:
+    """Handle one input record of this profile.
+
+    `src` is the record's source position ("topic:partition:offset"). Outputs of a record
+    are kept in the state's outbox under it for a while: if the worker crashed after the
+    table write reached Kafka but before the outputs did, the record is read again at the
+    same position and its outputs are produced again instead of being lost (a replayed
+    event has a new position and is de-duplicated instead).
+    """
+    if src is not None:
+        for position, _at, packed in state.outbox:
+            if position == src:
+                return Outcome(state, [Output(*o) for o in packed], changed=False)
+    handler = _HANDLERS[kind]
+    outcome = handler(state, record, flows, now_ms)
+    if src is not None and outcome.outputs:
+        _remember_outputs(state, src, now_ms, outcome.outputs)
+    return outcome
+
+
+def _remember_outputs(state: ProfileState, src: str, now_ms: int, outputs: list[Output]) -> None:
+    state.outbox.append([src, now_ms, [o.pack() for o in outputs]])
+    newest = max(entry[1] for entry in state.outbox)
+    kept = [e for e in state.outbox if e[1] >= newest - OUTBOX_KEEP_MS]
+    state.outbox = kept[-OUTBOX_MAX_ENTRIES:]
+
+
+def handle_event(state: ProfileState, event: dict[str, Any], flows: FlowSet, now_ms: int) -> Outcome:
+    """A storefront event: merge its profile fields, de-duplicate, record, start runs, advance."""
+    event_id = event["id"]
+    if event_id in state.seen:
+        return Outcome(state, changed=False)
+    outputs: list[Output] = []
+    merge_profile(state.profile, event.get("profile") or {})
+    state.remember_event(event_id)
+    event_ms = event_time_ms(event, now_ms)
+    state.record_metric(event["metric"], event_ms)
+    for program in flows.triggered_by(event["metric"]):
+        if _trigger_matches(program.flow, event):
+            _try_start(state, program, event, event_ms, flows, now_ms, outputs)
+    _refresh_and_advance(state, flows, now_ms, outputs)
+    return Outcome(state, outputs)
+
+
+def handle_profile_update(
+    state: ProfileState, update: dict[str, Any], flows: FlowSet, now_ms: int
+) -> Outcome:
+    """A profile update: merge it; it starts nothing except through date-property triggers."""
+    outputs: list[Output] = []
+    merge_profile(state.profile, update)
+    _refresh_and_advance(state, flows, now_ms, outputs)
+    return Outcome(state, outputs)
+
+
+def handle_wakeup(state: ProfileState, wakeup: dict[str, Any], flows: FlowSet, now_ms: int) -> Outcome:
+    """A wake-up: advance whatever of this profile is due at `now_ms` (duplicates are harmless)."""
+    outputs: list[Output] = []
+    before = state.next_due_ms()
+    _refresh_and_advance(state, flows, now_ms, outputs)
+    changed = bool(outputs) or state.next_due_ms() != before
+    return Outcome(state, outputs, changed=changed)
+
+
+_HANDLERS = {"event": handle_event, "profile": handle_profile_update, "wakeup": handle_wakeup}
+
+
+# --- profile ---------------------------------------------------------------------------
+
+
+def profile_key(profile: dict[str, Any]) -> str | None:
+    """The profile id a record belongs to: its `id`, else its lower-cased email."""
+    pid = profile.get("id")
+    if isinstance(pid, str) and pid:
+        return pid
+    email = profile.get("email")
+    if isinstance(email, str) and email:
+        return email.strip().lower()
+    return None
+
+
+def merge_profile(stored: dict[str, Any], incoming: dict[str, Any]) -> None:
+    """Merge profile fields field by field; custom `properties` merge key by key."""
+    for name, value in incoming.items():
+        if name in PROFILE_SKIP_FIELDS:
+            continue
+        if name == "properties" and isinstance(value, dict):
+            custom = stored.get("properties")
+            if not isinstance(custom, dict):
+                custom = stored["properties"] = {}
+            custom.update(value)
+        else:
+            stored[name] = value
+
+
+def event_time_ms(event: dict[str, Any], default_ms: int) -> int:
+    """The event's `time` in ms (inputs are checked before, so the default is a safety net)."""
+    try:
+        return parse_iso_ms(event["time"])
+    except (KeyError, TypeError, ValueError):
+        return default_ms
+
+
+# --- entering a flow -------------------------------------------------------------------
+
+
+def _trigger_matches(flow: Flow, event: dict[str, Any]) -> bool:
+    trigger = flow.trigger
+    props = event.get("properties") or {}
+    if trigger.kind == "list":
+        return str(props.get("list_id")) == str(trigger.list_id)
+    if trigger.kind == "segment":
+        return str(props.get("segment_id")) == str(trigger.segment_id)
+    return True
+
+
+def _try_start(
+    state: ProfileState,
+    program: Program,
+    event: dict[str, Any],
+    event_ms: int,
+    flows: FlowSet,
+    now_ms: int,
+    outputs: list[Output],
+) -> None:
+    flow = program.flow
+    if flow.status == "draft":
+        return
+    ctx = _context(state, event, now_ms, None)
+    if evaluate(flow.trigger.filters, ctx) is not None:
+        return  # the event does not qualify: not a run, nothing to report
+    run_id = records.run_id(flow.id, state.profile_id, event["id"])
+    if not _may_enter(state, flow, run_id, event_ms):
+        return
+    run = Run(run_id, flow.id, flow.version, program.start, _event_for_run(event), event_ms)
+    reason = evaluate(flow.profile_filters, _context(state, event, now_ms, event_ms))
+    if reason is not None:
+        outputs.append(_run_result(state, run, "exited", now_ms, f"profile filter at entry: {reason}"))
+        return
+    count, _last = state.entries.get(flow.id, [0, 0])
+    state.entries[flow.id] = [count + 1, event_ms]
+    state.runs[run_id] = run
+    outputs.append(_run_result(state, run, "entered", now_ms))
+    _advance(state, run, flows, now_ms, outputs)
+
+
+def _may_enter(state: ProfileState, flow: Flow, run_id: str, at_ms: int) -> bool:
+    """Re-entry rules: `once` ever, `once_per` period (by event time), `always`."""
+    if run_id in state.runs:
+        return False
+    if flow.trigger.kind == "date_property":
+        return True  # one entry per occurrence, decided by the schedule
+    count, last = state.entries.get(flow.id, [0, 0])
+    mode = flow.reentry.mode
+    if mode == "once":
+        return count == 0
+    if mode == "once_per":
+        return count == 0 or at_ms - last >= (flow.reentry.period_ms or 0)
+    return True
+
+
+def _event_for_run(event: dict[str, Any]) -> dict[str, Any]:
+    """What a run keeps of its triggering event: everything but the embedded profile."""
+    return {k: v for k, v in event.items() if k != "profile"}
+
+
+def _context(
+    state: ProfileState, event: dict[str, Any] | None, now_ms: int, start_ms: int | None
+) -> FilterContext:
+    return FilterContext(
+        profile=state.profile, event=event, history=state.history, now_ms=now_ms, flow_start_ms=start_ms
+    )
+
+
+# --- advancing runs --------------------------------------------------------------------
+
+
+def _refresh_and_advance(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+    refresh_dates(state, flows, now_ms)
+    _fire_dates(state, flows, now_ms, outputs)
+    for run in list(state.runs.values()):
+        if run.wake_ms is not None and run.wake_ms <= now_ms:
+            run.wake_ms = None
+            _advance(state, run, flows, now_ms, outputs)
+
+
+def _advance(state: ProfileState, run: Run, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+    """Run steps until the run waits on a delay, exits or completes."""
+    program = flows.version(run.flow_id, run.version)
+    current = flows.current(run.flow_id)
+    while run.wake_ms is None:
+        stop = _stop_reason(state, run, program, current, now_ms)
+        if stop is not None:
+            _finish(state, run, "exited", now_ms, outputs, stop)
+            return
+        assert program is not None  # _stop_reason checked it
+        if run.pc == END:
+            _finish(state, run, "completed", now_ms, outputs)
+            return
+        instruction = program.instructions[run.pc]
+        step = instruction.step
+        run.pc = instruction.next
+        if isinstance(step, DelayStep):
+            run.wake_ms = delay_until(step, now_ms)
+            if run.wake_ms <= now_ms:
+                run.wake_ms = None
+        elif isinstance(step, SplitStep):
+            if not _split_holds(state, run, step, now_ms):
+                run.pc = instruction.else_
+        elif isinstance(step, WebhookStep):
+            status = current.flow.status if current is not None else "draft"
+            due = webhook_due(state, run, program.flow, step, status, now_ms)
+            outputs.append(Output("webhook", due["delivery_id"], due))
+
+
+def _stop_reason(
+    state: ProfileState, run: Run, program: Program | None, current: Program | None, now_ms: int
+) -> str | None:
+    if program is None or current is None:
+        return "flow removed"
+    if current.flow.status == "draft":
+        return "flow set to draft"
+    if run.pc == END:
+        return None
+    reason = evaluate(program.flow.profile_filters, _context(state, run.event, now_ms, run.start_ms))
+    return None if reason is None else f"profile filter: {reason}"
+
+
+def _split_holds(state: ProfileState, run: Run, step: SplitStep, now_ms: int) -> bool:
+    """Conditions carry what they read (`on`: profile or the triggering event)."""
+    return evaluate(step.conditions, _context(state, run.event, now_ms, run.start_ms)) is None
+
+
+def _finish(
+    state: ProfileState,
+    run: Run,
+    status: Literal["exited", "completed"],
+    now_ms: int,
+    outputs: list[Output],
+    reason: str | None = None,
+) -> None:
+    state.runs.pop(run.run_id, None)
+    outputs.append(_run_result(state, run, status, now_ms, reason))
+
+
+def _run_result(
+    state: ProfileState,
+    run: Run,
+    status: Literal["entered", "exited", "completed"],
+    now_ms: int,
+    reason: str | None = None,
+) -> Output:
+    value = records.run_result(
+        run_id_=run.run_id,
+        flow_id=run.flow_id,
+        flow_version=run.version,
+        profile_id=state.profile_id,
+        event_id=run.event["id"],
+        status=status,
+        at_ms=now_ms,
+        reason=reason,
+    )
+    return Output("result", run.run_id, value)
+
+
+# --- delays and dates ------------------------------------------------------------------
+
+
+def delay_until(step: DelayStep, now_ms: int) -> int:
+    """When a run that reaches this delay step at `now_ms` moves on."""
+    if step.duration_ms is not None:
+        return now_ms + step.duration_ms
+    return next_time_of_day(now_ms, step.until or "00:00", step.timezone)
+
+
+def _hh_mm(text: str) -> time:
+    hours, minutes = text.split(":")[:2]
+    return time(int(hours), int(minutes))
+
+
+def next_time_of_day(now_ms: int, at: str, timezone: str) -> int:
+    """The first moment at or after `now_ms` when the clock in `timezone` shows `at` (HH:MM)."""
+    zone = ZoneInfo(timezone)
+    local_now = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(zone)
+    wanted = _hh_mm(at)
+    for days in range(3):
+        day = local_now.date() + timedelta(days=days)
+        candidate = datetime.combine(day, wanted, tzinfo=zone)
+        candidate_ms = int(candidate.timestamp() * 1000)
+        if candidate_ms >= now_ms:
+            return candidate_ms
+    raise AssertionError("a time of day recurs within two days")  # pragma: no cover
+
+
+def date_occurrence(dp: DateProperty, value: str, from_ms: int) -> int | None:
+    """The first firing at or after `from_ms` for a date value ("YYYY-MM-DD..."), or None."""
+    try:
+        base = date.fromisoformat(value[:10])
+    except (TypeError, ValueError):
+        return None
+    zone = ZoneInfo(dp.timezone)
+    from_year = datetime.fromtimestamp(from_ms / 1000, tz=UTC).year
+    years = range(from_year - 1, from_year + 3) if dp.yearly else (base.year,)
+    for year in years:
+        day = _same_day_in(base, year)
+        target = datetime.combine(day, _hh_mm(dp.at), tzinfo=zone)
+        target_ms = int(target.timestamp() * 1000) + dp.offset_ms
+        if target_ms >= from_ms:
+            return target_ms
+    return None
+
+
+def _same_day_in(day: date, year: int) -> date:
+    """The same month and day in `year` (29 February becomes 28 February in other years)."""
+    try:
+        return day.replace(year=year)
+    except ValueError:
+        return day.replace(year=year, day=28)
+
+
+def _signature(dp: DateProperty) -> str:
+    return f"{dp.property}|{dp.offset_ms}|{dp.at}|{dp.timezone}|{dp.yearly}"
+
+
+def refresh_dates(state: ProfileState, flows: FlowSet, now_ms: int) -> None:
+    """Schedule date-property triggers from the stored profile; reschedule when it changed."""
+    dated = {p.flow.id: p.flow for p in flows.dated() if p.flow.status != "draft"}
+    for flow_id in [f for f in state.dates if f not in dated]:
+        del state.dates[flow_id]
+    for flow_id, flow in dated.items():
+        dp = flow.trigger.date_property
+        assert dp is not None  # the loader guarantees it for date_property triggers
+        raw = profile_value(state.profile, dp.property)
+        if raw is MISSING or not isinstance(raw, str):
+            state.dates.pop(flow_id, None)
+            continue
+        current = state.dates.get(flow_id)
+        if current is None or current.value != raw or current.signature != _signature(dp):
+            state.dates[flow_id] = DateSchedule(date_occurrence(dp, raw, now_ms), raw, _signature(dp))
+
+
+def _fire_dates(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+    for flow_id, schedule in list(state.dates.items()):
+        if schedule.target_ms is None or schedule.target_ms > now_ms:
+            continue
+        program = flows.current(flow_id)
+        if program is None:
+            continue
+        event = _date_event(state, program.flow, schedule)
+        dp = program.flow.trigger.date_property
+        assert dp is not None
+        schedule.target_ms = (
+            date_occurrence(dp, schedule.value, schedule.target_ms + 1) if dp.yearly else None
+        )
+        _try_start(state, program, event, parse_iso_ms(event["time"]), flows, now_ms, outputs)
+
+
+def _date_event(state: ProfileState, flow: Flow, schedule: DateSchedule) -> dict[str, Any]:
+    """The synthetic triggering event of a date-property run (one per occurrence)."""
+    dp = flow.trigger.date_property
+    assert dp is not None and schedule.target_ms is not None
+    at = iso(schedule.target_ms)
+    return {
+        "id": f"date:{flow.id}:{dp.property}:{at}",
+        "metric": f"Date property: {dp.property}",
+        "time": at,
+        "profile": {"id": state.profile_id},
+        "properties": {dp.property: schedule.value},
+    }
+
+
+# --- webhook steps ---------------------------------------------------------------------
+
+
+def webhook_due(
+    state: ProfileState, run: Run, flow: Flow, step: WebhookStep, status: str, now_ms: int
+) -> dict[str, Any]:
+    """The webhook-due record (docs/internals.md) for a run reaching a webhook step."""
+    from processor.engine.flowlang import render_webhook
+
+    rendered = render_webhook(step, flow=flow, event=run.event, profile=state.profile)
+    mode = "invalid" if rendered.error else ("held" if status == "manual" else "send")
+    return {
+        "delivery_id": records.delivery_id(flow.id, run.run_id, step.id),
+        "flow_id": flow.id,
+        "flow_version": flow.version,
+        "flow_name": flow.name,
+        "step_id": step.id,
+        "run_id": run.run_id,
+        "profile_id": state.profile_id,
+        "event_id": run.event["id"],
+        "metric": run.event.get("metric", ""),
+        "mode": mode,
+        "error": rendered.error,
+        "request": {
+            "method": rendered.method,
+            "url": rendered.url,
+            "headers": dict(rendered.headers),
+            "secret_headers": dict(rendered.secret_headers),
+            "body": rendered.body,
+            "signing_secrets": list(rendered.signing_secrets),
+        },
+        "options": {
+            "timeout_ms": step.timeout_ms,
+            "retry_ms": list(step.retry_ms) if step.retry_ms is not None else None,
+            "max_age_ms": step.max_age_ms,
+            "rate_limit": step.rate_limit,
+        },
+        "due_at": iso(now_ms),
+        "created_at": iso(now_ms),
+        "attempt": 1,
+        "not_before": None,
+        "first_attempt_at": None,
+    }

@@ -1,0 +1,88 @@
+"""The flow registry: every worker reads the compacted flows topic into a `FlowSet`.
+
+A plain consumer (no group, from the beginning) rather than a Faust GlobalTable, which is
+known to loop in recovery with several workers. Edits take effect without restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+
+from processor.engine.flowset import FlowSet
+from processor.errors import FlowhookError
+from processor.kafka import make_reader
+from processor.logs import get_logger
+from processor.settings import Settings
+
+log = get_logger(__name__)
+
+IDLE_LOADED_MS = 400  # no new flow records for this long after start: the initial load is done
+
+
+def flow_from_record(value: bytes) -> Any:
+    """A flow record's value -> Flow (raises FlowhookError or ValueError if unusable)."""
+    from processor.flows.loader import flow_from_dict
+
+    record = orjson.loads(value)
+    return flow_from_dict(
+        record["definition"],
+        source=str(record.get("source") or "<flows topic>"),
+        version=int(record["version"]),
+    )
+
+
+class FlowRegistry:
+    """Keeps `flows` in step with the flows topic in a background task."""
+
+    def __init__(self, settings: Settings, flows: FlowSet) -> None:
+        self.settings = settings
+        self.flows = flows
+        self.loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        reader = make_reader(self.settings, self.settings.topics.flows)
+        await reader.start()
+        self._task = asyncio.create_task(self._follow(reader), name="flowhook-flow-registry")
+
+    async def wait_loaded(self) -> None:
+        """Until the flows topic has been read to its (idle) end once."""
+        await self.loaded.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _follow(self, reader: Any) -> None:
+        try:
+            while True:
+                batch = await reader.getmany(timeout_ms=IDLE_LOADED_MS)
+                for recs in batch.values():
+                    for record in recs:
+                        self.apply(record.key, record.value)
+                if not batch:
+                    self.loaded.set()
+        finally:
+            await reader.stop()
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one flow record: a definition (new version) or a tombstone (removal)."""
+        flow_id = key.decode(errors="replace") if key else None
+        if value is None:
+            if flow_id:
+                self.flows.remove(flow_id)
+                log.info("flow_removed", flow_id=flow_id)
+            return
+        try:
+            flow = flow_from_record(value)
+        except (FlowhookError, ValueError, KeyError, TypeError) as exc:
+            log.warning("flow_record_refused", flow_id=flow_id, error=str(exc)[:500])
+            return
+        self.flows.put(flow)
+        log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
