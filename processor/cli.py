@@ -25,9 +25,12 @@ def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
     try:
         import uvloop
 
-        return asyncio.run(coro, loop_factory=uvloop.new_event_loop) or EXIT_OK
+        loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        return asyncio.run(coro) or EXIT_OK
+        loop_factory = None
+    # asyncio.Runner, not asyncio.run: only the Runner takes a loop factory on Python 3.11.
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(coro) or EXIT_OK
 
 
 def load_settings(**overrides: Any) -> Settings:
