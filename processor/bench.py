@@ -39,7 +39,7 @@ from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import configure
 from processor.results import percentile
 from processor.settings import Settings
-from processor.stack import WorkerProcess
+from processor.stack import WorkerProcess, apply_definitions
 
 BENCH_METRIC = "Bench Order"
 STAGES = ("raw", "agent", "processor", "dispatcher", "e2e")
@@ -246,8 +246,6 @@ class Bench:
     # -- helpers ----------------------------------------------------------------------------
 
     async def prepare_flows(self, settings: Settings) -> None:
-        from processor.flows.publish import apply_definitions
-
         await ensure_topics(settings)
         await apply_definitions(settings, [(self.flow(), "bench")])
 

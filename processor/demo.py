@@ -28,7 +28,7 @@ from processor.records import TERMINAL_OUTCOMES
 from processor.results import summarize
 from processor.sending import produce_lines, read_lines
 from processor.settings import Settings
-from processor.stack import WorkerProcess
+from processor.stack import WorkerProcess, apply_definitions, read_definition
 from processor.summary_view import print_summary
 
 EXAMPLE_RECEIVER = "http://127.0.0.1:8787"
@@ -106,14 +106,9 @@ async def _demo(settings: Settings, workdir: Path, events: Path, timeout_s: floa
 
 async def apply_examples(settings: Settings, receiver_base: str) -> list[str]:
     """Publish every example flow, its receiver URLs pointed at this demo's receiver."""
-    from processor.flows.publish import apply_definitions, read_definition_file
-
-    definitions = []
-    for path in sorted((examples_dir() / "flows").glob("*.yaml")):
-        definition = read_definition_file(path)
-        definitions.append((_rebase_urls(definition, receiver_base), str(path)))
-    applied = await apply_definitions(settings, definitions)
-    return [flow_id for flow_id, _version in applied]
+    paths = sorted((examples_dir() / "flows").glob("*.yaml"))
+    definitions = [(_rebase_urls(read_definition(path), receiver_base), str(path)) for path in paths]
+    return await apply_definitions(settings, definitions)
 
 
 def _rebase_urls(value: Any, base: str) -> Any:

@@ -12,7 +12,7 @@ from processor.kafka import ensure_topics
 from processor.logs import get_logger
 from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess
+from processor.stack import WorkerProcess, apply_definitions, read_definition
 
 log = get_logger(__name__)
 
@@ -66,10 +66,8 @@ def flow_files(folder: Path) -> list[Path]:
 async def _prepare(settings: Settings, paths: list[Path]) -> None:
     await ensure_topics(settings)
     if paths:
-        from processor.flows.publish import apply_definitions, read_definition_file
-
-        applied = await apply_definitions(settings, [(read_definition_file(p), str(p)) for p in paths])
-        log.info("flows_applied", flows=[f"{flow_id} v{version}" for flow_id, version in applied])
+        applied = await apply_definitions(settings, [(read_definition(p), str(p)) for p in paths])
+        log.info("flows_applied", flows=applied)
 
 
 async def _serve_receiver(receiver_port: int) -> None:

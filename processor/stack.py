@@ -13,7 +13,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from processor.errors import InputError
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -85,3 +87,23 @@ def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.2) -> 
             return True
         time.sleep(interval_s)
     return False
+
+
+async def apply_definitions(settings: Settings, definitions: list[tuple[dict[str, Any], str]]) -> list[str]:
+    """Check every (definition, source) and publish the changed ones; InputError lists all problems."""
+    from processor.flows.loader import check_definition
+    from processor.flows.publish import apply
+
+    checked = [check_definition(d, source=s, allow_http=settings.allow_http) for d, s in definitions]
+    problems = [problem for c in checked for problem in c.problems]
+    if problems:
+        raise InputError(problems)
+    return [f"{change.flow_id} v{change.version}" for change in await apply(settings, checked)]
+
+
+def read_definition(path: Path) -> dict[str, Any]:
+    """A flow file (YAML or JSON) as data, e.g. to adjust it before applying."""
+    from processor.flows.loader import parse_text
+
+    data, _lines = parse_text(path.read_text(encoding="utf-8"), json_file=path.suffix == ".json")
+    return data
