@@ -32,6 +32,7 @@ from processor.engine.state import OUTBOX_KEEP_MS, OUTBOX_MAX_ENTRIES, DateSched
 from processor.flows.filters import FilterContext, evaluate
 from processor.flows.lookup import MISSING, profile_value
 from processor.flows.model import DateProperty, DelayStep, Flow, SplitStep, WebhookStep
+from processor.flows.render import render_webhook
 
 RecordKind = Literal["event", "profile", "wakeup"]
 OutputKind = Literal["webhook", "result"]
@@ -446,8 +447,6 @@ def webhook_due(
     state: ProfileState, run: Run, flow: Flow, step: WebhookStep, status: str, now_ms: int
 ) -> dict[str, Any]:
     """The webhook-due record (docs/internals.md) for a run reaching a webhook step."""
-    from processor.engine.flowlang import render_webhook
-
     rendered = render_webhook(step, flow=flow, event=run.event, profile=state.profile)
     mode = "invalid" if rendered.error else ("held" if status == "manual" else "send")
     return {

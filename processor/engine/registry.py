@@ -23,7 +23,7 @@ log = get_logger(__name__)
 IDLE_LOADED_MS = 400  # no new flow records for this long after start: the initial load is done
 
 
-def flow_from_record(value: bytes) -> Any:
+def flow_from_record(value: bytes, *, allow_http: bool) -> Any:
     """A flow record's value -> Flow (raises FlowhookError or ValueError if unusable)."""
     from processor.flows.loader import flow_from_dict
 
@@ -32,6 +32,7 @@ def flow_from_record(value: bytes) -> Any:
         record["definition"],
         source=str(record.get("source") or "<flows topic>"),
         version=int(record["version"]),
+        allow_http=allow_http,
     )
 
 
@@ -80,7 +81,7 @@ class FlowRegistry:
                 log.info("flow_removed", flow_id=flow_id)
             return
         try:
-            flow = flow_from_record(value)
+            flow = flow_from_record(value, allow_http=self.settings.allow_http)
         except (FlowhookError, ValueError, KeyError, TypeError) as exc:
             log.warning("flow_record_refused", flow_id=flow_id, error=str(exc)[:500])
             return
