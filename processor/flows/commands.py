@@ -1,8 +1,71 @@
-"""`flowhook flows validate|apply|list` and `flowhook preview` (placeholder until built)."""
+"""`flowhook flows validate|apply|list|delete` and `flowhook preview`.
+
+Exit codes: 0 ok, 1 failure (e.g. no broker), 2 bad input (every problem printed as
+file:line: field: message).
+"""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import click
+
+from processor.errors import InputError, Problem
+from processor.flows.loader import FLOW_SUFFIXES, CheckedFile, check_flow_file
+
+EXIT_BAD_INPUT = 2
+
+
+def expand_paths(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given, and the flow files (*.yaml, *.yml, *.json) inside given folders."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in FLOW_SUFFIXES and p.is_file())
+        else:
+            found.append(path)
+    return found
+
+
+def check_files(paths: tuple[Path, ...], allow_http: bool | None) -> list[CheckedFile]:
+    """Check every file; flow ids used by two files are a problem too."""
+    checked = [check_flow_file(p, allow_http=allow_http) for p in expand_paths(paths)]
+    if not checked:
+        raise click.UsageError("no flow files (*.yaml, *.yml, *.json) in the given paths")
+    owners: dict[str, str] = {}
+    for item in checked:
+        if item.flow is None:
+            continue
+        first = owners.setdefault(item.flow.id, item.path)
+        if first != item.path:
+            message = f"flow id {item.flow.id!r} is also used by {first}; flow ids must be unique"
+            item.problems.append(Problem(item.path, 1, "id", message))
+            item.flow = None
+    return checked
+
+
+def report(checked: list[CheckedFile], *, quiet_ok: bool = False) -> bool:
+    """Print problems and warnings; True when every file is fine."""
+    for item in checked:
+        for warning in item.warnings:
+            click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
+        for problem in item.problems:
+            click.echo(click.style(str(problem), fg="red"))
+        if item.ok and not quiet_ok and item.flow is not None:
+            click.echo(f"ok {item.path} (flow {item.flow.id}, {item.flow.status})")
+    bad = [c for c in checked if not c.ok]
+    problems = sum(len(c.problems) for c in bad)
+    if bad:
+        click.echo(f"{len(bad)} of {len(checked)} files have problems ({problems} in all)", err=True)
+    return not bad
+
+
+http_option = click.option(
+    "--allow-http/--https-only", default=None,
+    help="Allow http:// URLs in flows (default: env FLOWHOOK_ALLOW_HTTP).",
+)
 
 
 @click.group()
@@ -10,7 +73,121 @@ def flows() -> None:
     """Check, publish and show flow definitions."""
 
 
+@flows.command("validate")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@http_option
+def validate(paths: tuple[Path, ...], allow_http: bool | None) -> None:
+    """Check flow files (or folders of them); list every problem as file:line: field: message."""
+    if not report(check_files(paths, allow_http)):
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@flows.command("apply")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@http_option
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str | None) -> None:
+    """Validate, then publish changed flows to the flows topic (new version per change)."""
+    from processor.cli import load_settings, run_async
+    from processor.flows import publish
+
+    checked = check_files(paths, allow_http)
+    if not report(checked, quiet_ok=True):
+        click.echo("nothing was published", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    settings = load_settings(brokers=brokers)
+
+    async def run() -> int:
+        changes = await publish.apply(settings, checked)
+        for change in changes:
+            click.echo(f"{change.kind:9} {change.flow_id} version {change.version} ({change.source})")
+        return 0
+
+    sys.exit(run_async(run()))
+
+
+@flows.command("list")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+def list_command(brokers: str | None) -> None:
+    """Show the flows on the flows topic: id, name, status, trigger, version, steps."""
+    from processor.cli import load_settings, run_async
+    from processor.flows import publish
+
+    settings = load_settings(brokers=brokers)
+
+    async def run() -> int:
+        current = await publish.current_records(settings)
+        _print_table([publish.flow_row(r, _flow_or_none(r)) for _, r in sorted(current.items())])
+        return 0
+
+    sys.exit(run_async(run()))
+
+
+@flows.command("delete")
+@click.argument("flow_id")
+@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+def delete_command(flow_id: str, brokers: str | None) -> None:
+    """Remove a flow (publishes a tombstone); its running runs stop at their next step."""
+    from processor.cli import load_settings, run_async
+    from processor.flows import publish
+
+    settings = load_settings(brokers=brokers)
+
+    async def run() -> int:
+        if not await publish.delete(settings, flow_id):
+            click.echo(f"no flow {flow_id!r} on {settings.topics.flows}", err=True)
+            return 1
+        click.echo(f"deleted {flow_id}")
+        return 0
+
+    sys.exit(run_async(run()))
+
+
+def _flow_or_none(record: dict[str, Any]) -> Any:
+    from processor.errors import FlowhookError
+    from processor.flows.loader import flow_from_dict
+
+    try:
+        return flow_from_dict(record.get("definition"), source=str(record.get("source")),
+                              version=int(record.get("version", 1)), allow_http=True)
+    except (FlowhookError, ValueError, TypeError):
+        return None
+
+
+def _print_table(rows: list[dict[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} flow{'' if len(rows) == 1 else 's'}")
+    for column in ("id", "name", "status", "trigger", "version", "steps"):
+        table.add_column(column, justify="right" if column == "version" else "left",
+                         overflow="fold")
+    for row in rows:
+        table.add_row(*(row[c] for c in ("id", "name", "status", "trigger", "version", "steps")))
+    Console().print(table)
+
+
 @click.command()
-def preview() -> None:
-    """Render the requests a flow would send, sending nothing."""
-    raise click.ClickException("not built yet")
+@click.argument("flow_file", type=click.Path(path_type=Path))
+@click.option("--event", "event_file", required=True, type=click.Path(path_type=Path),
+              help="The triggering event (JSON, as on the events topic).")
+@click.option("--profile", "profile_file", default=None, type=click.Path(path_type=Path),
+              help="The stored profile (JSON); the event's own profile fields are merged over it.")
+@http_option
+def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_http: bool | None) -> None:
+    """Render the requests a flow would send for one event, sending nothing."""
+    from processor.flows.preview import preview as walk
+    from processor.flows.preview import read_record_file
+
+    checked = check_flow_file(flow_file, allow_http=True if allow_http is None else allow_http)
+    try:
+        if checked.flow is None:
+            raise InputError(checked.problems)
+        event = read_record_file(event_file, "event")
+        profile = read_record_file(profile_file, "profile") if profile_file else None
+    except InputError as exc:
+        for problem in exc.problems:
+            click.echo(click.style(str(problem), fg="red"), err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    for line in walk(checked.flow, event, profile).lines:
+        click.echo(line)
