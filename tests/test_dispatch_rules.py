@@ -141,9 +141,9 @@ def scenario(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -
         allow_http=True,
         data_dir=tmp_path_factory.mktemp("rules"),
         store="memory",
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=500,
-        rebalance_timeout_ms=6_000,
+        session_timeout_ms=3_000,
+        heartbeat_interval_ms=300,
+        rebalance_timeout_ms=3_000,
     )
     s = Scenario()
     with pytest.MonkeyPatch.context() as patch:

@@ -67,10 +67,10 @@ class Prepared:
 
     method: str
     url: str
-    headers: dict[str, str]
-    body: bytes
-    destination: str
-    timeout_ms: int
+    headers: dict[str, str] = field(repr=False)  # may hold resolved secrets
+    body: bytes = field(repr=False)
+    destination: str = ""
+    timeout_ms: int = 0
     secret_values: list[str] = field(default_factory=list, repr=False)
 
 
