@@ -163,3 +163,23 @@ async def wait_for(
             return seen
         await asyncio.sleep(0.3)
     return seen
+
+
+class InProcessEngine:
+    """`run_processor` in this event loop, as the demo runs it; stop() ends it gracefully."""
+
+    def __init__(self, settings: Settings) -> None:
+        from processor.engine.app import Engine
+
+        self.engine = Engine(settings)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> InProcessEngine:
+        self._task = asyncio.create_task(self.engine.run(self._stop))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._task is not None
+        await asyncio.wait_for(self._task, timeout=30)
