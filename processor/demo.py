@@ -39,6 +39,7 @@ DEMO_SECRETS = {
     "FLOWHOOK_SECRET_LOYALTY_TOKEN": "demo-loyalty-token",
 }
 QUIET_FOR_S = 3.0
+SHOWN_REQUESTS = 3
 
 
 def examples_dir() -> Path:
@@ -180,7 +181,7 @@ def show(console: Console, receiver: Receiver, results: list[dict[str, Any]], el
     console.rule("a few requests the receiver got")
     shown: set[str] = set()
     for request in receiver.recent:
-        if request.path in shown:
+        if request.path in shown or len(shown) >= SHOWN_REQUESTS:
             continue
         shown.add(request.path)
         console.print(Syntax(orjson.dumps(describe(request), option=orjson.OPT_INDENT_2).decode(), "json"))

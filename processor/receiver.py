@@ -58,7 +58,8 @@ class Receiver:
         self.seen_ids[webhook_id] += 1
         self.by_path[request.path] += 1
         self.recent.append(
-            ReceivedRequest(request.method, request.path, dict(request.headers), body, now_ms())
+            ReceivedRequest(request.method, request.path, {str(k): v for k, v in request.headers.items()},
+                            body, now_ms())
         )
         if self._should_fail(webhook_id):
             return web.json_response({"error": "try again"}, status=503)

@@ -39,6 +39,7 @@ def summary_table(summary: Summary) -> Table:
 
 def print_summary(summary: Summary, console: Console | None = None) -> None:
     console = console or Console()
+    console.width = max(console.width, 120)  # the table must not wrap into an unreadable column soup
     if not summary.steps and not summary.runs:
         console.print("no results yet")
         return
