@@ -56,6 +56,9 @@ NOT_AVAILABLE: Final = {
     "organization": "organization variables are not available; write the text literally",
     "forloop": "Django's forloop is Jinja's loop here: use loop.index, loop.first, loop.last",
 }
+PROFILE_SHORTCUTS: Final = frozenset(
+    {"first_name", "last_name", "email", "phone_number", "title", "city", "region", "country", "zip"}
+)
 _FORBIDDEN_NODES: Final = {
     nodes.Macro: "{% macro %}",
     nodes.CallBlock: "{% call %}",
@@ -637,6 +640,9 @@ def _check_names(tree: nodes.Template, allow_secrets: bool) -> list[str]:
                                 "so they never reach a body, URL or topic")
         elif name in NOT_AVAILABLE:
             problems.append(NOT_AVAILABLE[name])
+        elif name in PROFILE_SHORTCUTS:
+            problems.append(f"unknown variable '{name}'; profile fields are under person: "
+                            f"write {{{{ person.{name} }}}}")
         else:
             problems.append(f"unknown variable '{name}'; templates can use event, person and flow")
     return problems
