@@ -355,11 +355,11 @@ def _condition(ck: Checker, value: Any, path: Path, *, on: str) -> Condition | N
 def _op(ck: Checker, obj: dict[str, Any], path: Path, ops: frozenset[str], other: frozenset[str],
         what: str) -> str | None:
     op = obj.get("op")
-    if op in ops:
-        return str(op)
+    if isinstance(op, str) and op in ops:
+        return op
     if op is None:
         ck.add((*path, "op"), f"missing; {what} conditions take op: {', '.join(sorted(ops))}")
-    elif op in other:
+    elif isinstance(op, str) and op in other:
         ck.add((*path, "op"), f"{op} belongs to the other kind of condition; {what} conditions take "
                                f"{', '.join(sorted(ops))}")
     else:
