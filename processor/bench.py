@@ -234,10 +234,12 @@ class Bench:
             await self.produce_events(settings, "e2e", rate=self.config.rate)
             stats = await self.wait_received(self.config.events, workers)
             elapsed = time.perf_counter() - started
-            result = StageResult("end to end", stats["total"], elapsed, stats["latencies_ms"])
+            result = StageResult("end to end", stats["distinct"], elapsed, stats["latencies_ms"])
             result.rss_mb = {w.role: _peak_rss_mb(w) for w in workers}
-            if self.config.rate:
-                result.note = f"produced at {self.config.rate:.0f}/s"
+            notes = [f"produced at {self.config.rate:.0f}/s"] if self.config.rate else []
+            if stats["total"] > stats["distinct"]:
+                notes.append(f"{stats['total'] - stats['distinct']} repeated requests")
+            result.note = "; ".join(notes)
             return result
         finally:
             for worker in workers:
@@ -282,7 +284,7 @@ class Bench:
     async def wait_received(self, n: int, workers: list[WorkerProcess]) -> dict[str, Any]:
         deadline = time.monotonic() + self.config.stage_timeout_s
         stats = await self.receiver("GET", "__stats")
-        while stats["total"] < n and time.monotonic() < deadline and all(w.alive for w in workers):
+        while stats["distinct"] < n and time.monotonic() < deadline and all(w.alive for w in workers):
             await asyncio.sleep(0.1)
             stats = await self.receiver("GET", "__stats")
         return stats

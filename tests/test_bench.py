@@ -1,0 +1,33 @@
+"""`flowhook bench` keeps working: a small run of every stage (figures are reported, never asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(300)
+def test_bench_smoke_runs_every_stage() -> None:
+    """Every stage of a 300-event bench completes all its records and reports a rate."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOK_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
+         "--concurrency", "16", "--partitions", "2", "--json"],
+        capture_output=True, timeout=290, env=env,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    report = orjson.loads(done.stdout)
+    stages = {s["stage"]: s for s in report["stages"]}
+    assert len(stages) == 5
+    for stage in stages.values():
+        assert stage["count"] == 300, stage
+        assert stage["per_second"] and stage["per_second"] > 0
+    e2e = stages["end to end"]
+    assert e2e["p50_ms"] is not None and e2e["p99_ms"] >= e2e["p50_ms"]
+    assert set(e2e["peak_rss_mb"]) == {"processor", "dispatcher"}
