@@ -349,3 +349,9 @@ def test_every_example_flow_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     for path in examples:
         checked = check_flow_file(path)
         assert checked.ok, [str(p) for p in checked.problems]
+
+
+def test_template_in_a_body_key_is_a_warning() -> None:
+    """Keys are literal; a key that looks like a template gets a warning saying so."""
+    checked = check_definition(webhook(body={"{{ person.id }}": 1}), source="t.yaml")
+    assert checked.ok and any("keys are sent as written" in w.message for w in checked.warnings)

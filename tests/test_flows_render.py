@@ -170,6 +170,20 @@ def test_runaway_templates_stop_with_an_error(template: str) -> None:
     assert request.error is not None and request.body is None
 
 
+def test_output_is_bounded_across_leaves() -> None:
+    """Many lone tags copying a large value cannot build a body past the size limit."""
+    flow, step = flow_with(body={f"k{i}": "{{ event.Big }}" for i in range(50)})
+    event = {**EVENT, "properties": {"Big": "x" * 100_000}}
+    request = render_webhook(step, flow=flow, event=event, profile=PROFILE)
+    assert request.body is None and request.error is not None and "larger than" in request.error
+
+
+def test_url_templates_with_spaces_inside_tags_are_valid() -> None:
+    """Whitespace inside a tag of the URL is fine; only the literal URL must have none."""
+    flow, step = flow_with(url="https://example.com/c/{{ person|lookup:'Favorite Color' }}")
+    assert render_webhook(step, flow=flow, event=EVENT, profile=PROFILE).url == "https://example.com/c/Red"
+
+
 def test_compiled_once_per_flow_version() -> None:
     """The same step object renders from the cache; another definition with the same ids does not."""
     flow, step = flow_with(body={"v": "{{ person.email }}"})

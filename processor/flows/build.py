@@ -606,15 +606,17 @@ def _url(ck: Checker, obj: dict[str, Any], path: Path) -> str | None:
     _template(ck, url, upath)
     schemes = ("https://", "http://") if ck.allow_http else ("https://",)
     if not url.lower().startswith(schemes):
-        hint = "" if ck.allow_http else " (http:// only when the operator sets FLOWHOOK_ALLOW_HTTP=1)"
+        hint = "" if ck.allow_http else (" (http:// only when the operator allows it: FLOWHOOK_ALLOW_HTTP=1 "
+                                         "or --allow-http)")
         ck.add(upath, f"must start with https://{hint}, got {url[:60]!r}")
         return None
     authority = url.split("://", 1)[1].split("/", 1)[0]
     if templates.has_tags(authority):
         ck.add(upath, "the host must be written literally; templates may appear in the path and query only")
         return None
-    parts = urlsplit(re.sub(r"\{\{.*?\}\}|\{%.*?%\}", "x", url))
-    if not parts.hostname or any(ch.isspace() for ch in url.replace("{{ ", "").replace(" }}", "")):
+    literal = _ANY_TAG.sub("x", url)
+    parts = urlsplit(literal)
+    if not parts.hostname or any(ch.isspace() for ch in literal):
         ck.add(upath, f"{url[:80]!r} is not a valid URL")
         return None
     if parts.username or parts.password:
@@ -714,6 +716,8 @@ def _body(ck: Checker, value: Any, path: Path) -> Any:
 def _body_leaves(ck: Checker, node: Any, path: Path) -> None:
     if isinstance(node, dict):
         for key, child in node.items():
+            if templates.has_tags(str(key)):
+                ck.warn((*path, str(key)), "keys are sent as written: templates work in values only")
             _body_leaves(ck, child, (*path, str(key)))
     elif isinstance(node, list):
         for i, child in enumerate(node):

@@ -39,7 +39,7 @@ FILTERS: Final = (
     "default", "lookup", "upper", "lower", "title", "floatformat", "join", "length", "date", "tojson",
 )
 MAX_TEMPLATE_CHARS: Final = 16 * 1024
-MAX_STEPS: Final = 100_000
+MAX_STEPS: Final = 1_000_000
 MAX_OUTPUT_CHARS: Final = 1024 * 1024
 MAX_RENDER_SECONDS: Final = 0.5
 MAX_REPEAT_CHARS: Final = 64 * 1024
@@ -130,7 +130,7 @@ class Budget:
         self.steps -= n
         if self.steps < 0:
             raise RenderLimitError(f"template did more than {MAX_STEPS} steps")
-        if self.steps % 64 == 0 and time.monotonic() > self.deadline:
+        if (n > 1 or self.steps % 64 == 0) and time.monotonic() > self.deadline:
             raise RenderLimitError(f"template took longer than {MAX_RENDER_SECONDS}s")
 
     def spend_output(self, n: int) -> None:
@@ -150,6 +150,12 @@ def new_budget() -> contextvars.Token[Budget | None]:
 
 def end_budget(token: contextvars.Token[Budget | None]) -> None:
     _budget.reset(token)
+
+
+def _spend(n: int) -> None:
+    budget = _budget.get()
+    if budget is not None:
+        budget.spend_output(n)
 
 
 def _tick(n: int = 1) -> None:
@@ -231,13 +237,18 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
     value = plain(value)
     if isinstance(value, Undefined) or value is None:
         return None
-    if isinstance(value, str | bool | int):
-        return str(value) if type(value) not in (str, bool, int) else value
+    if isinstance(value, str):
+        _spend(len(value))
+        return value if type(value) is str else str(value)
+    if isinstance(value, bool | int):
+        return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
+        _tick(len(value) + 1)
         return {str(k): to_json_value(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | SeqView):
+        _tick(len(value) + 1)
         return [to_json_value(v, depth + 1) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
