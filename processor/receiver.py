@@ -39,6 +39,7 @@ class Receiver:
     total: int = 0
     # bench: bodies carrying "bench_sent_ms" give end-to-end latencies (same machine, same clock)
     latencies_ms: list[float] = field(default_factory=list)
+    bench_ids: set[str] = field(default_factory=set)
     first_at_ms: int | None = None
     last_at_ms: int | None = None
 
@@ -54,7 +55,7 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         webhook_id = request.headers.get("webhook-id", "")
-        self._count(body)
+        self._count(body, webhook_id)
         self.seen_ids[webhook_id] += 1
         self.by_path[request.path] += 1
         self.recent.append(
@@ -65,26 +66,28 @@ class Receiver:
             return web.json_response({"error": "try again"}, status=503)
         return web.json_response({"ok": True, "id": webhook_id})
 
-    def _count(self, body: bytes) -> None:
+    def _count(self, body: bytes, webhook_id: str) -> None:
         at = now_ms()
         self.total += 1
         self.first_at_ms = self.first_at_ms or at
         self.last_at_ms = at
         if b"bench_sent_ms" in body:
             sent = orjson.loads(body).get("bench_sent_ms")
-            if isinstance(sent, int | float | str) and str(sent).isdigit():
+            if isinstance(sent, int | str) and str(sent).isdigit() and webhook_id not in self.bench_ids:
+                self.bench_ids.add(webhook_id)
                 self.latencies_ms.append(at - int(sent))
 
     async def stats(self, _request: web.Request) -> web.Response:
         return web.json_response(
-            {"total": self.total, "distinct": len(self.seen_ids), "first_at_ms": self.first_at_ms,
+            {"total": self.total, "distinct": len(self.seen_ids), "bench": len(self.bench_ids),
+             "first_at_ms": self.first_at_ms,
              "last_at_ms": self.last_at_ms, "latencies_ms": self.latencies_ms},
             dumps=lambda v: orjson.dumps(v).decode(),
         )
 
     async def reset(self, _request: web.Request) -> web.Response:
         self.total, self.first_at_ms, self.last_at_ms = 0, None, None
-        self.latencies_ms, self.seen_ids = [], Counter()
+        self.latencies_ms, self.seen_ids, self.bench_ids = [], Counter(), set()
         return web.json_response({"ok": True})
 
     def app(self) -> web.Application:

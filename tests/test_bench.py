@@ -17,9 +17,24 @@ def test_bench_smoke_runs_every_stage() -> None:
     """Every stage of a 300-event bench completes all its records and reports a rate."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOK_")}
     done = subprocess.run(
-        [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
-         "--concurrency", "16", "--partitions", "2", "--json"],
-        capture_output=True, timeout=290, env=env,
+        [
+            sys.executable,
+            "-m",
+            "processor",
+            "bench",
+            "--events",
+            "300",
+            "--profiles",
+            "40",
+            "--concurrency",
+            "16",
+            "--partitions",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        timeout=290,
+        env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = orjson.loads(done.stdout)
