@@ -97,6 +97,16 @@ async def produce(settings: Settings, dues: list[dict[str, Any]], topic: str | N
         await producer.stop()
 
 
+async def produce_raw(settings: Settings, topic: str, values: list[bytes]) -> None:
+    """Produce raw bytes, as a broken or foreign producer might."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await asyncio.gather(*[await producer.send(topic, value, key=b"raw") for value in values])
+    finally:
+        await producer.stop()
+
+
 async def read_values(settings: Settings, topic: str, idle_s: float = 1.0) -> list[dict[str, Any]]:
     """Every record of a topic, decoded, reading until idle."""
     return [orjson.loads(r.value) async for r in read_records(settings, topic, idle_s=idle_s)]

@@ -32,6 +32,7 @@ from tests.dispatch_helpers import (
     due_record,
     hang_then_ok,
     produce,
+    produce_raw,
     read_values,
     status_then_ok,
 )
@@ -56,6 +57,7 @@ class Scenario:
     closing: ScriptedReceiver = field(default_factory=ScriptedReceiver)
     results: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    invalid_inputs: list[dict[str, Any]] = field(default_factory=list)
     raw_topics: bytes = b""
 
     def id(self, name: str) -> str:
@@ -117,6 +119,7 @@ async def _run(s: Scenario, settings: Settings) -> None:
     try:
         s.dues = _mix(s)
         await produce(settings, list(s.dues.values()))
+        await produce_raw(settings, settings.topics.webhooks, [b"not json at all", b'{"delivery_id": 1}'])
         # A high breaker threshold: these destinations fail on purpose and share a host.
         options = DispatcherOptions(
             concurrency=16, per_destination=8, drain_idle_s=1.5, breaker_threshold=100
@@ -127,6 +130,7 @@ async def _run(s: Scenario, settings: Settings) -> None:
             await receiver.stop()
     s.results = await read_values(settings, settings.topics.results)
     s.dead_letters = await read_values(settings, settings.topics.dead_letter, idle_s=0.5)
+    s.invalid_inputs = await read_values(settings, settings.topics.events_invalid, idle_s=0.5)
     s.raw_topics = b"".join(orjson.dumps(v) for v in s.results + s.dead_letters)
 
 
@@ -268,3 +272,13 @@ def test_address_outside_allowed_networks_is_blocked(scenario: Scenario) -> None
     assert result["outcome"] == "blocked" and result["sent_at"] is None
     assert "loopback" in result["error"]
     assert not scenario.main.hits_for(scenario.id("ipv6_loopback"))
+
+
+def test_unusable_records_are_copied_to_the_invalid_topic(scenario: Scenario) -> None:
+    """A record that is not JSON or not a webhook-due record is copied aside with a reason; no crash."""
+    reasons = sorted(r["reason"].split(":")[0] for r in scenario.invalid_inputs)
+    assert reasons == ["not JSON", "not a webhook-due record"]
+    assert {base64.b64decode(r["value_b64"]) for r in scenario.invalid_inputs} == {
+        b"not json at all",
+        b'{"delivery_id": 1}',
+    }

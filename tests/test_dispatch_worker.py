@@ -26,6 +26,7 @@ from tests.dispatch_helpers import (
     hang_then_ok,
     produce,
     read_values,
+    slow,
 )
 
 
@@ -186,3 +187,23 @@ async def test_replay_sends_dead_deliveries_again_with_their_webhook_id(settings
     for due in ours:
         assert len(receiver.hits_for(due["delivery_id"])) == 2
     assert again["replayed"] == 0  # delivered since: not sent again
+
+
+async def test_a_second_dispatcher_joining_mid_stream_loses_nothing(settings: Settings) -> None:
+    """A second dispatcher joining mid-stream moves partitions (finish, commit) and loses nothing."""
+    receiver = await ScriptedReceiver({"/s": slow(0.01)}).start()
+    dues = [due_record(receiver.url("/s")) for _ in range(600)]
+    await produce(settings, dues)
+    try:
+        first = asyncio.create_task(_drain(settings, concurrency=8, drain_idle_s=2.0))
+        await _wait_for(lambda: len(receiver.hits) >= 100)
+        assert len(receiver.hits) < len(dues)
+        await _drain(settings, concurrency=8, drain_idle_s=2.0)
+        await first
+    finally:
+        await receiver.stop()
+    results = await read_values(settings, settings.topics.results)
+    check_results(results)
+    final = _final(results)
+    assert all(final[d["delivery_id"]] == "delivered" for d in dues)
+    assert {h.headers["webhook-id"] for h in receiver.hits} == {d["delivery_id"] for d in dues}

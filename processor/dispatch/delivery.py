@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -86,6 +87,7 @@ class AddressBlocked(OSError):
     """Raised by the resolver when every address of a host is refused by the policy."""
 
 
+@lru_cache(maxsize=4096)
 def destination_key(url: str) -> str:
     """host:port of a URL: the unit of concurrency limits, rate limits and breakers."""
     parts = urlsplit(url)
@@ -97,17 +99,22 @@ def _refuse(kind: FailureKind, error: str) -> RequestRefused:
     return RequestRefused(Attempt(kind, error=error, finished_at_ms=now_ms()))
 
 
-def _check_url(url: str, *, allow_http: bool, allow_networks: Iterable[Any]) -> None:
+@lru_cache(maxsize=4096)
+def url_refusal(
+    url: str, allow_http: bool, allow_networks: tuple[Any, ...]
+) -> tuple[FailureKind, str] | None:
+    """Why a URL is refused before any connection (scheme, IP literal), or None. Cached per URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise _refuse(FailureKind.INVALID, f"not an http(s) URL: {parts.scheme}://{parts.hostname}")
+        return FailureKind.INVALID, f"not an http(s) URL: {parts.scheme}://{parts.hostname}"
     if parts.scheme == "http" and not allow_http:
-        raise _refuse(FailureKind.BLOCKED, "http is not allowed (https only; see FLOWHOOK_ALLOW_HTTP)")
+        return FailureKind.BLOCKED, "http is not allowed (https only; see FLOWHOOK_ALLOW_HTTP)"
     literal = address_policy.parse_ip(parts.hostname)
     if literal is not None:
         reason = address_policy.refusal(literal, allow_networks)
         if reason:
-            raise _refuse(FailureKind.BLOCKED, reason)
+            return FailureKind.BLOCKED, reason
+    return None
 
 
 def _flow_headers(request: Mapping[str, Any], env: Mapping[str, str] | None) -> tuple[dict[str, str], list]:
@@ -148,7 +155,9 @@ def prepare(
     """The request for a webhook-due record; raises RequestRefused (blocked/invalid) instead."""
     request = due["request"]
     url = request["url"]
-    _check_url(url, allow_http=allow_http, allow_networks=allow_networks)
+    refused = url_refusal(url, allow_http, tuple(allow_networks))
+    if refused is not None:
+        raise _refuse(*refused)
     body = (request["body"] or "").encode()
     try:
         headers, values = _flow_headers(request, env)
@@ -216,6 +225,9 @@ def make_session(
 
 async def _read_limited(response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     """At most MAX_RESPONSE_BYTES of the body; True when more was left unread."""
+    length = response.content_length
+    if length is not None and length <= c.MAX_RESPONSE_BYTES:
+        return await response.read(), False  # the common case: a small body of known length
     chunks: list[bytes] = []
     size = 0
     while size < c.MAX_RESPONSE_BYTES:

@@ -272,7 +272,9 @@ class Lane:
 
     async def on_revoked(self, revoked: list[TopicPartition]) -> None:
         """Finish or abandon in-flight work within the deadline, commit, forget the partitions."""
-        await self.finish_in_flight(self.core.options.shutdown_deadline_s)
+        # Stay well inside the rebalance timeout, or the group would drop this member.
+        rebalance_s = self.core.settings.rebalance_timeout_ms / 2000
+        await self.finish_in_flight(min(self.core.options.shutdown_deadline_s, rebalance_s))
         await self.commit(revoked)
         for tp in revoked:
             self.offsets.pop(tp, None)
