@@ -184,6 +184,42 @@ def test_url_templates_with_spaces_inside_tags_are_valid() -> None:
     assert render_webhook(step, flow=flow, event=EVENT, profile=PROFILE).url == "https://example.com/c/Red"
 
 
+def test_templates_compile_once_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rendering the same flow version again reuses the compiled templates."""
+    from processor.flows import render
+
+    calls: list[str] = []
+    original = render.compile_step
+
+    def counting(step: WebhookStep) -> render.CompiledStep:
+        calls.append(step.id)
+        return original(step)
+
+    monkeypatch.setattr(render, "compile_step", counting)
+    flow, step = flow_with(body={"v": "{{ person.email }}"})
+    for _ in range(3):
+        render_webhook(step, flow=flow, event=EVENT, profile=PROFILE)
+    assert calls == ["w"]
+
+
+def test_klaviyo_text_body_pasted_as_is() -> None:
+    """A body pasted from Klaviyo as text, with bare tags for numbers and lists, renders to JSON."""
+    body = (
+        '{\n  "email": "{{ person.email }}",\n'
+        '  "phone": "{{ person|lookup:\'$phone_number\'|default:\'\' }}",\n'
+        '  "order_total": {{ event|lookup:\'$value\' }},\n'
+        '  "vip": {{ person.vip }},\n'
+        '  "line_items": {{ event.extra.line_items }}\n}'
+    )
+    flow, step = flow_with(body=body)
+    request = render_webhook(step, flow=flow, event=EVENT, profile=PROFILE)
+    assert request.error is None
+    assert json.loads(request.body or "") == {
+        "email": "shah@example.com", "phone": "+15551234567", "order_total": 129.5, "vip": True,
+        "line_items": [{"title": "Shoe", "price": 50}],
+    }
+
+
 def test_compiled_once_per_flow_version() -> None:
     """The same step object renders from the cache; another definition with the same ids does not."""
     flow, step = flow_with(body={"v": "{{ person.email }}"})
