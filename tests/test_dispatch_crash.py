@@ -61,3 +61,31 @@ async def test_kill_9_mid_stream_loses_nothing(settings: Settings) -> None:
         outcomes = [r["outcome"] for r in grouped[due["delivery_id"]]]
         assert outcomes[-1] == "delivered", (due["delivery_id"], outcomes)
         assert receiver.hits_for(due["delivery_id"])  # the same webhook-id, at least once
+
+
+async def test_sigterm_finishes_in_flight_and_commits(settings: Settings) -> None:
+    """SIGTERM mid-stream exits 0 after writing outcomes and committing: a restart sends nothing twice."""
+    settings = settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+    receiver = await ScriptedReceiver({"/slow": slow(0.02)}).start()
+    dues = [due_record(receiver.url("/slow")) for _ in range(RECORDS)]
+    await produce(settings, dues)
+    try:
+        first = await _start(settings)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while len(receiver.hits) < RECORDS // 4:
+            assert loop.time() < deadline and first.returncode is None, "the dispatcher did not get going"
+            await asyncio.sleep(0.02)
+        first.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(first.wait(), timeout=30) == 0
+        stopped_at = len(receiver.hits)
+        second = await _start(settings, "--drain", "1.5")
+        assert await asyncio.wait_for(second.wait(), timeout=90) == 0
+    finally:
+        await receiver.stop()
+    assert stopped_at < RECORDS
+    ids = [h.headers["webhook-id"] for h in receiver.hits]
+    assert sorted(ids) == sorted(d["delivery_id"] for d in dues)  # each exactly once
+    results = await read_values(settings, settings.topics.results)
+    check_results(results)
+    assert len(results) == RECORDS and {r["outcome"] for r in results} == {"delivered"}

@@ -17,7 +17,7 @@ from processor.dispatch.delivery import (
     prepare,
     send,
 )
-from processor.dispatch.outcomes import after_attempt
+from processor.dispatch.outcomes import after_attempt, expired
 from processor.dispatch.retry_policy import FailureKind
 from processor.settings import Topics
 from tests.dispatch_helpers import ScriptedReceiver, due_record
@@ -136,3 +136,32 @@ def test_max_age_counts_from_first_attempt() -> None:
     result, letter = after_attempt(TOPICS, due, attempt)
     assert orjson.loads(result.value)["outcome"] == "dead"
     assert letter.topic == TOPICS.dead_letter and "max_age" in orjson.loads(letter.value)["dead_reason"]
+
+
+def test_a_retry_past_max_age_is_dead_without_a_request() -> None:
+    """A retry that waited past first_attempt_at + max_age becomes `dead` without being sent."""
+    due = due_record("https://example.com/h", retry_ms=[1_000], max_age_ms=60_000, attempt=2)
+    due["first_attempt_at"] = "1970-01-01T00:00:00.000Z"
+    result, letter = expired(TOPICS, due, now=60_001) or []
+    value = orjson.loads(result.value)
+    assert value["outcome"] == "dead" and value["sent_at"] is None and "max_age" in value["error"]
+    assert letter.topic == TOPICS.dead_letter
+    assert expired(TOPICS, due, now=59_999) is None
+
+
+async def test_response_excerpt_never_carries_a_secret() -> None:
+    """A receiver echoing our Authorization header does not get the secret into the excerpt."""
+    from aiohttp import web
+
+    async def echo(request: web.Request, _seen: int) -> web.StreamResponse:
+        return web.Response(text=request.headers["Authorization"])
+
+    receiver = await ScriptedReceiver({"/echo": echo}).start()
+    due = due_record(receiver.url("/echo"), secret_headers={"Authorization": "Bearer {{ secrets.T }}"})
+    prepared = prepare(due, allow_http=True, allow_networks=LOOPBACK, env={"FLOWHOOK_SECRET_T": "s3cr3t-v"})
+    try:
+        async with make_session(allow_networks=LOOPBACK, concurrency=2, per_destination=2) as session:
+            attempt = await send(session, prepared)
+    finally:
+        await receiver.stop()
+    assert attempt.delivered and attempt.response_excerpt == "Bearer ••••"

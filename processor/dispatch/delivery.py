@@ -262,6 +262,12 @@ def _error_text(kind: FailureKind, exc: BaseException, prepared: Prepared) -> st
     return secret_store.mask(f"{kind.label}: {detail}", prepared.secret_values)
 
 
+def _excerpt(body: bytes, secret_values: list[str]) -> str | None:
+    """The start of a response body; a receiver echoing our headers must not leak a secret."""
+    text = body[: c.RESPONSE_EXCERPT_BYTES].decode(errors="replace")
+    return secret_store.mask(text, secret_values) if secret_values else text or None
+
+
 async def send(session: aiohttp.ClientSession, prepared: Prepared) -> Attempt:
     """Make the request once; redirects are not followed and network errors become failures."""
     total = prepared.timeout_ms / 1000
@@ -297,7 +303,7 @@ async def send(session: aiohttp.ClientSession, prepared: Prepared) -> Attempt:
         http_status=status,
         latency_ms=(time.perf_counter() - started) * 1000,
         error=None if kind is None else f"{kind.label}: HTTP {status}",
-        response_excerpt=body[: c.RESPONSE_EXCERPT_BYTES].decode(errors="replace") or None,
+        response_excerpt=_excerpt(body, prepared.secret_values),
         sent_at_ms=sent_at,
         finished_at_ms=finished,
         retry_after_ms=parse_retry_after_ms(retry_after, finished) if kind else None,

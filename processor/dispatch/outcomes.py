@@ -18,7 +18,7 @@ from processor.dispatch.delivery import Attempt
 from processor.dispatch.retry_policy import Dead, Retry, plan_retry
 from processor.settings import Topics
 
-__all__ = ["Output", "after_attempt", "for_mode", "invalid_input", "result_output"]
+__all__ = ["Output", "after_attempt", "expired", "for_mode", "invalid_input", "result_output"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,16 @@ def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
     if mode == "invalid":
         return [result_output(topics, due, "invalid", error=due.get("error") or "invalid request")]
     return None
+
+
+def expired(topics: Topics, due: dict[str, Any], now: int) -> list[Output] | None:
+    """A retry whose max_age has passed while it waited is `dead` without another request."""
+    first = due.get("first_attempt_at")
+    max_age = int(due["options"]["max_age_ms"])
+    if not first or now - parse_iso_ms(first) <= max_age:
+        return None
+    reason = f"max_age of {max_age} ms passed before attempt {due['attempt']}"
+    return _dead_outputs(topics, due, Dead(reason), {"error": None, "finished_at_ms": now})
 
 
 def _attempt_fields(attempt: Attempt) -> dict[str, Any]:

@@ -165,7 +165,11 @@ class Dispatcher:
             due, reason = decode(record)
             if due is None:
                 return [outcomes.invalid_input(self.topics, record, reason or "unusable")]
-        return outcomes.for_mode(self.topics, due) or await self._attempt_outputs(due, window)
+        return (
+            outcomes.for_mode(self.topics, due)
+            or outcomes.expired(self.topics, due, now_ms())
+            or await self._attempt_outputs(due, window)
+        )
 
     async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
         """Rate limit, then a destination slot, then the breaker, then an in-flight slot, then send.
