@@ -355,3 +355,12 @@ def test_template_in_a_body_key_is_a_warning() -> None:
     """Keys are literal; a key that looks like a template gets a warning saying so."""
     checked = check_definition(webhook(body={"{{ person.id }}": 1}), source="t.yaml")
     assert checked.ok and any("keys are sent as written" in w.message for w in checked.warnings)
+
+
+def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
+    """Anchors and aliases are refused, so a small file cannot expand into a huge definition."""
+    path = tmp_path / "alias.yaml"
+    path.write_text("id: f\nstatus: live\ntrigger: {metric: M}\nx: &a [1, 2]\ny: [*a, *a]\n"
+                    "steps: [{webhook: {id: w, url: 'https://e.com'}}]\n")
+    problems = check_flow_file(path).problems
+    assert len(problems) == 1 and "aliases" in problems[0].message and problems[0].line == 5

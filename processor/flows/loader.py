@@ -101,7 +101,7 @@ def check_flow_file(path: str | os.PathLike[str], *, allow_http: bool | None = N
         return CheckedFile(source, problems=[Problem(source, None, "", f"cannot read the file: {exc}")])
     try:
         data, lines = parse_text(text, json_file=source.lower().endswith(".json"))
-    except _ParseError as exc:
+    except ParseError as exc:
         return CheckedFile(source, problems=[Problem(source, exc.line, "", exc.message)])
     return check_definition(data, source=source, lines=lines, allow_http=allow_http)
 
@@ -147,9 +147,11 @@ def line_of(lines: dict[PathKey, int], path: PathKey) -> int | None:
 _DUPLICATES: PathKey = ("\u0000duplicates",)
 
 
-class _ParseError(Exception):
-    def __init__(self, line: int | None, message: str) -> None:
-        super().__init__(message)
+class ParseError(InputError):
+    """A document that is not valid YAML/JSON; `line` and `message` say where and why."""
+
+    def __init__(self, line: int | None, message: str, source: str = "<text>") -> None:
+        super().__init__([Problem(source, line, "", message)])
         self.line = line
         self.message = message
 
@@ -160,7 +162,7 @@ def parse_text(text: str, *, json_file: bool = False) -> tuple[Any, dict[PathKey
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
-            raise _ParseError(exc.lineno, f"not valid JSON: {exc.msg}") from None
+            raise ParseError(exc.lineno, f"not valid JSON: {exc.msg}") from None
         try:
             return data, _lines_of(yaml.compose(text, Loader=_FlowYamlLoader))
         except yaml.YAMLError:
@@ -175,7 +177,7 @@ def parse_text(text: str, *, json_file: bool = False) -> tuple[Any, dict[PathKey
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
-        raise _ParseError(line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+        raise ParseError(line, f"not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     return data, _lines_of(node) if node is not None else {}
 
 
@@ -184,12 +186,18 @@ def _lines_of(node: yaml.Node | None) -> dict[PathKey, int]:
     duplicates: list[PathKey] = []
     if node is not None:
         lines[()] = node.start_mark.line + 1
-        _walk(node, (), lines, duplicates)
+        _walk(node, (), lines, duplicates, set())
     lines[_DUPLICATES] = duplicates
     return lines
 
 
-def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey]) -> None:
+def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey],
+          seen: set[int]) -> None:
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        if id(node) in seen:  # an alias: refused, so a small file cannot expand to a huge one
+            raise ParseError(lines.get(path, node.start_mark.line + 1), "YAML anchors and aliases (&, *) are not supported; "
+                                                       "write the value out")
+        seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -199,12 +207,12 @@ def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: lis
                 duplicates.append(child)
             seen.add(key)
             lines[child] = key_node.start_mark.line + 1
-            _walk(value_node, child, lines, duplicates)
+            _walk(value_node, child, lines, duplicates, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
             lines[child] = item.start_mark.line + 1
-            _walk(item, child, lines, duplicates)
+            _walk(item, child, lines, duplicates, seen)
 
 
 # --- the JSON Schema safety net ----------------------------------------------------------

@@ -25,7 +25,7 @@ from processor.constants import (
 )
 from processor.errors import InputError, Problem
 from processor.flows.filters import FilterContext, evaluate
-from processor.flows.loader import PathKey, line_of, parse_text
+from processor.flows.loader import ParseError, PathKey, line_of, parse_text
 from processor.flows.model import DelayStep, Flow, SplitStep, Step, WebhookStep
 from processor.flows.publish import describe_delay, describe_trigger
 from processor.flows.render import SECRET_TAG, RenderedRequest, render_webhook
@@ -57,8 +57,8 @@ def read_record_file(path: str | Path, kind: str) -> dict[str, Any]:
                                  json_file=source.lower().endswith(".json"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError([Problem(source, None, "", f"cannot read the file: {exc}")]) from None
-    except Exception as exc:  # _ParseError carries the line
-        raise InputError([Problem(source, getattr(exc, "line", None), "", str(exc))]) from None
+    except ParseError as exc:
+        raise InputError([Problem(source, exc.line, "", exc.message)]) from None
     if not isinstance(data, dict):
         raise InputError([Problem(source, 1, "", f"the {kind} file must hold one JSON object")])
     if kind == "event":
