@@ -193,26 +193,31 @@ def _lines_of(node: yaml.Node | None) -> dict[PathKey, int]:
 
 def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey],
           seen: set[int]) -> None:
-    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
-        if id(node) in seen:  # an alias: refused, so a small file cannot expand to a huge one
-            raise ParseError(lines.get(path, node.start_mark.line + 1), "YAML anchors and aliases (&, *) are not supported; "
-                                                       "write the value out")
-        seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
+        keys: set[str] = set()
         for key_node, value_node in node.value:
             key = str(key_node.value)
             child = (*path, key)
-            if key in seen:
+            if key in keys:
                 duplicates.append(child)
-            seen.add(key)
+            keys.add(key)
             lines[child] = key_node.start_mark.line + 1
-            _walk(value_node, child, lines, duplicates, seen)
+            _enter(value_node, child, lines, duplicates, seen, lines[child])
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
             lines[child] = item.start_mark.line + 1
-            _walk(item, child, lines, duplicates, seen)
+            _enter(item, child, lines, duplicates, seen, lines.get(path, lines[child]))
+
+
+def _enter(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey],
+           seen: set[int], line: int) -> None:
+    """Walk into a child; a collection met twice is an alias, refused so nothing can expand."""
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        if id(node) in seen:
+            raise ParseError(line, "YAML anchors and aliases (&, *) are not supported; write the value out")
+        seen.add(id(node))
+    _walk(node, path, lines, duplicates, seen)
 
 
 # --- the JSON Schema safety net ----------------------------------------------------------
