@@ -165,3 +165,24 @@ async def test_response_excerpt_never_carries_a_secret() -> None:
     finally:
         await receiver.stop()
     assert attempt.delivered and attempt.response_excerpt == "Bearer ••••"
+
+
+async def test_an_endless_response_is_cut_at_64_kib() -> None:
+    """A receiver streaming a body without end still gives a quick `delivered`: at most 64 KiB is read."""
+    from aiohttp import web
+
+    async def endless(request: web.Request, _seen: int) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        while True:  # the dispatcher must stop reading; the test server is torn down after
+            await response.write(b"x" * 8192)
+
+    receiver = await ScriptedReceiver({"/endless": endless}).start()
+    due = due_record(receiver.url("/endless"), timeout_ms=5_000)
+    try:
+        async with make_session(allow_networks=LOOPBACK, concurrency=2, per_destination=2) as session:
+            attempt = await send(session, prepare(due, allow_http=True, allow_networks=LOOPBACK))
+    finally:
+        await receiver.stop()
+    assert attempt.delivered and attempt.http_status == 200
+    assert attempt.response_excerpt == "x" * 1024
