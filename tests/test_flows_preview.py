@@ -104,6 +104,14 @@ def test_preview_bad_event_file_exits_2(tmp_path: Path, event: Any, field: str) 
     assert "bad.json" in result.output and field in result.output
 
 
+def test_preview_event_file_may_be_minimal(tmp_path: Path) -> None:
+    """With a profile file, the event file needs only metric and properties."""
+    event = {"metric": "Placed Order", "properties": EVENT["properties"]}
+    result = run_preview(tmp_path, FIXTURES / "good-full.yaml", event=event)
+    assert result.exit_code == 0, result.output
+    assert "POST https://mail.example.com/v1/catalog-requests" in result.output
+
+
 def test_preview_bad_flow_file_exits_2(tmp_path: Path) -> None:
     """A flow with problems is not previewed; its problems are listed and the exit code is 2."""
     result = run_preview(tmp_path, FIXTURES / "broken.yaml")

@@ -183,8 +183,8 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
     try:
         if checked.flow is None:
             raise InputError(checked.problems)
-        event = read_record_file(event_file, "event")
         profile = read_record_file(profile_file, "profile") if profile_file else None
+        event = read_record_file(event_file, "event", profile=profile)
     except InputError as exc:
         for problem in exc.problems:
             click.echo(click.style(str(problem), fg="red"), err=True)

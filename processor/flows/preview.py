@@ -49,8 +49,12 @@ class Preview:
 # --- input files -----------------------------------------------------------------------
 
 
-def read_record_file(path: str | Path, kind: str) -> dict[str, Any]:
-    """A JSON (or YAML) object from a file, checked against the `event` or `profile` schema."""
+def read_record_file(path: str | Path, kind: str, *, profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON (or YAML) object from a file, checked against the `event` or `profile` schema.
+
+    An event file may leave out `id` and `time` (preview defaults them) and, when a profile
+    file is given, `profile`.
+    """
     source = str(path)
     try:
         data, lines = parse_text(Path(path).read_text(encoding="utf-8"),
@@ -65,6 +69,8 @@ def read_record_file(path: str | Path, kind: str) -> dict[str, Any]:
         data.setdefault("id", "evt_preview")
         data.setdefault("time", _iso_now())
         data.setdefault("properties", {})
+        if profile is not None:
+            data.setdefault("profile", {k: profile[k] for k in ("id", "email") if k in profile})
     error = records.validation_error("event" if kind == "event" else "profile", data)
     if error is not None:
         field_path = _field_of(error)

@@ -613,7 +613,8 @@ def _syntax_message(exc: TemplateError) -> str:
         return NOT_AVAILABLE[tag.group(1)]
     line = getattr(exc, "lineno", None)
     where = f" (template line {line})" if isinstance(exc, TemplateSyntaxError) and line and line > 1 else ""
-    return f"template does not parse: {message}{where}"
+    return (f"template does not parse: {message}{where}; check that every {{{{ has its }}}} "
+            "and every {% if %}/{% for %} its {% endif %}/{% endfor %}")
 
 
 def check(source: str, *, allow_secrets: bool = False) -> list[str]:
