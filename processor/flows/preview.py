@@ -49,7 +49,8 @@ class Preview:
 # --- input files -----------------------------------------------------------------------
 
 
-def read_record_file(path: str | Path, kind: str, *, profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def read_record_file(path: str | Path, kind: str, *,
+                     profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A JSON (or YAML) object from a file, checked against the `event` or `profile` schema.
 
     An event file may leave out `id` and `time` (preview defaults them) and, when a profile
