@@ -111,3 +111,15 @@ def test_every_problem_of_a_file_names_file_line_and_field() -> None:
     """Problems from a file always carry file, line and field."""
     for problem in check_flow_file(FIXTURES / "broken.yaml", allow_http=False).problems:
         assert problem.file.endswith("broken.yaml") and problem.line and problem.field
+
+
+def test_pure_modules_import_no_kafka_or_http() -> None:
+    """The flow language's pure modules load without aiokafka, faust or aiohttp."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import processor.flows.loader, processor.flows.filters, processor.flows.render, "
+            "processor.flows.templates, processor.flows.model, processor.flows.lookup, processor.flows.preview; "
+            "print(sorted(m for m in ('aiokafka', 'faust', 'aiohttp') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
