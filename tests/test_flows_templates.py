@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
 from processor.flows import templates as t
+from processor.flows import values
 from processor.flows.loader import flow_from_dict
 from processor.flows.model import WebhookStep
 from processor.flows.render import RenderedRequest, render_webhook
@@ -23,12 +24,12 @@ PROFILE = {"id": "p", "first_name": "mary o'neil", "properties": {"tier": "gold"
 
 def render(source: str, event: dict[str, Any] = EVENT, profile: dict[str, Any] = PROFILE) -> Any:
     """Render one leaf under a fresh budget; lone tags keep their type."""
-    token = t.new_budget()
+    token = values.new_budget()
     try:
         variables = t.variables_for(event=event, profile=profile, flow_id="f", flow_name="F")
         return t.compile_leaf(source).render_value(variables)
     finally:
-        t.end_budget(token)
+        values.end_budget(token)
 
 
 @pytest.mark.parametrize(("source", "translated"), [
@@ -138,7 +139,7 @@ def test_rendered_request_matches_the_webhook_record_schema() -> None:
     assert list(Draft202012Validator(request_schema).iter_errors(record)) == []
 
 
-values = st.recursive(
+json_like = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
     lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=5), kids, max_size=3),
     max_leaves=10,
@@ -146,7 +147,7 @@ values = st.recursive(
 
 
 @settings(max_examples=200, deadline=None)
-@given(value=values)
+@given(value=json_like)
 def test_string_bodies_never_raise(value: Any) -> None:
     """A text body yields valid JSON or an error for the `invalid` outcome, whatever the data."""
     body = '{"a": "{{ event.v }}", "b": {{ event.v }}, "c": {{ event.v|tojson }}}'

@@ -3,22 +3,31 @@
 Each builder takes a `Checker` (where problems go, with the path of the field), the raw
 value and its path, and returns a model object or None. Builders never raise on bad data:
 they record a problem that says how to fix it and carry on, so one run reports everything.
+Webhook steps are checked in `processor.flows.build_webhook`.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
-from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from processor.clock import parse_iso_ms
-from processor.constants import RESERVED_HEADERS
-from processor.durations import DurationError, parse_duration_ms
-from processor.flows import templates
+from processor.flows.build_webhook import build_webhook
+from processor.flows.checks import (
+    Checker,
+    Path,
+    as_list,
+    claim_id,
+    duration,
+    identifier,
+    known_keys,
+    mapping,
+    text_field,
+    time_of_day,
+    timezone,
+    type_name,
+)
 from processor.flows.filters import HISTORY_OPS, PROPERTY_OPS
 from processor.flows.model import (
     ADDED_TO_SEGMENT,
@@ -33,27 +42,17 @@ from processor.flows.model import (
     Trigger,
     WebhookStep,
 )
-from processor.flows.render import SECRET_TAG, is_secret_header
 
-Path = tuple[str | int, ...]
+__all__ = ["build_flow"]
 
-ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+$")
-TIME_OF_DAY: Final = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 STATUSES: Final = ("draft", "manual", "live")
-METHODS: Final = ("POST", "PUT", "PATCH")
 REENTRY_MODES: Final = ("once", "always", "once_per")
 TRIGGER_KINDS: Final = ("metric", "list", "segment", "date_property")
 EMAIL_METRICS: Final = frozenset({"received email", "opened email"})
-MAX_TIMEOUT_MS: Final = 5 * 60_000
-
 FLOW_KEYS: Final = ("id", "name", "description", "status", "trigger", "profile_filters", "reentry", "steps")
 TRIGGER_KEYS: Final = (*TRIGGER_KINDS, "filters")
 DATE_PROPERTY_KEYS: Final = ("property", "offset", "at", "timezone", "yearly")
 CONDITION_KEYS: Final = ("property", "metric", "op", "value", "since", "within")
-WEBHOOK_KEYS: Final = (
-    "id", "url", "method", "headers", "body", "timeout", "retry", "max_age", "rate_limit", "signing_secret",
-)
 SPLIT_KEYS: Final = ("if", "then", "else", "on", "id")
 
 EMAIL_TRIGGER: Final = (
@@ -66,131 +65,18 @@ PROPERTY_CHANGE: Final = (
 )
 
 
-def field_name(path: Path) -> str:
-    """('steps', 1, 'webhook', 'url') -> 'steps[1].webhook.url'."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-@dataclass
-class Checker:
-    """Collects problems and warnings as (path, message) while a definition is built."""
-
-    allow_http: bool = False
-    problems: list[tuple[Path, str]] = field(default_factory=list)
-    warnings: list[tuple[Path, str]] = field(default_factory=list)
-    step_ids: dict[str, Path] = field(default_factory=dict)
-
-    def add(self, path: Path, message: str) -> None:
-        self.problems.append((path, message))
-
-    def warn(self, path: Path, message: str) -> None:
-        self.warnings.append((path, message))
-
-
-# --- small typed readers ---------------------------------------------------------------
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list",
-            dict: "a mapping"}.get(type(value), type(value).__name__)
-
-
-def _mapping(ck: Checker, value: Any, path: Path, what: str) -> dict[str, Any] | None:
-    if isinstance(value, dict):
-        return value
-    ck.add(path, f"{what} must be a mapping (key: value lines), got {_type_name(value)}")
-    return None
-
-
-def _list(ck: Checker, value: Any, path: Path, what: str) -> list[Any] | None:
-    if isinstance(value, list):
-        return value
-    ck.add(path, f"{what} must be a list (lines starting with '- '), got {_type_name(value)}")
-    return None
-
-
-def _text(ck: Checker, obj: dict[str, Any], key: str, path: Path, *, required: bool = True,
-          hint: str = "") -> str | None:
-    if key not in obj:
-        if required:
-            ck.add((*path, key), f"missing; {hint}" if hint else "missing; this field is required")
-        return None
-    value = obj[key]
-    if isinstance(value, str) and value.strip():
-        return value
-    ck.add((*path, key), f"must be non-empty text, got {_type_name(value) if value != '' else 'empty text'}")
-    return None
-
-
-def _known_keys(ck: Checker, obj: dict[str, Any], allowed: Sequence[str], path: Path, what: str) -> None:
-    for key in obj:
-        if key in allowed:
-            continue
-        close = difflib.get_close_matches(str(key), allowed, n=1)
-        hint = f"did you mean '{close[0]}'?" if close else f"{what} takes {', '.join(allowed)}"
-        ck.add((*path, str(key)), f"unknown field '{key}'; {hint}")
-
-
-def _duration(ck: Checker, value: Any, path: Path, *, allow_negative: bool = False) -> int | None:
-    try:
-        ms = parse_duration_ms(value)
-    except DurationError as exc:
-        ck.add(path, str(exc))
-        return None
-    if (ms < 0 and not allow_negative) or (ms == 0 and not allow_negative):
-        ck.add(path, f"must be longer than zero, got {value!r}")
-        return None
-    return ms
-
-
-def _identifier(ck: Checker, value: Any, path: Path, what: str) -> str | None:
-    if isinstance(value, str) and ID_PATTERN.match(value):
-        return value
-    ck.add(path, f"{what} {value!r} is not a valid id; use letters, digits, '-', '_' or '.' "
-                 "(at most 128, starting with a letter or digit)")
-    return None
-
-
-def _timezone(ck: Checker, value: Any, path: Path) -> str | None:
-    if isinstance(value, str):
-        try:
-            ZoneInfo(value)
-            return value
-        except (ZoneInfoNotFoundError, ValueError):
-            pass
-    ck.add(path, f"{value!r} is not a time zone; use an IANA name such as UTC or Europe/Berlin")
-    return None
-
-
-def _time_of_day(ck: Checker, value: Any, path: Path) -> str | None:
-    if isinstance(value, str) and TIME_OF_DAY.match(value):
-        return value
-    ck.add(path, f"{value!r} is not a time of day; write it quoted as \"HH:MM\", e.g. \"09:00\"")
-    return None
-
-
-def _template(ck: Checker, source: str, path: Path, *, allow_secrets: bool = False) -> None:
-    for message in templates.check(source, allow_secrets=allow_secrets):
-        ck.add(path, message)
-
-
 # --- the flow --------------------------------------------------------------------------
 
 
 def build_flow(ck: Checker, data: Any, *, source: str, version: int) -> Flow | None:
     """The whole definition -> Flow, or None when a problem was recorded."""
-    top = _mapping(ck, data, (), "a flow definition")
+    top = mapping(ck, data, (), "a flow definition")
     if top is None:
         return None
-    _known_keys(ck, top, FLOW_KEYS, (), "a flow")
-    flow_id = _text(ck, top, "id", (), hint="give the flow a stable id, e.g. id: order-to-crm")
+    known_keys(ck, top, FLOW_KEYS, (), "a flow")
+    flow_id = text_field(ck, top, "id", (), hint="give the flow a stable id, e.g. id: order-to-crm")
     if flow_id is not None:
-        flow_id = _identifier(ck, flow_id, ("id",), "flow id")
+        flow_id = identifier(ck, flow_id, ("id",), "flow id")
     name = top.get("name", flow_id)
     if "name" in top and not (isinstance(name, str) and name.strip()):
         ck.add(("name",), "must be non-empty text")
@@ -224,7 +110,7 @@ def _top_steps(ck: Checker, top: dict[str, Any]) -> tuple[Step, ...]:
     if "steps" not in top:
         ck.add(("steps",), "missing; a flow needs at least one step, e.g. a webhook")
         return ()
-    items = _list(ck, top["steps"], ("steps",), "steps")
+    items = as_list(ck, top["steps"], ("steps",), "steps")
     if items is not None and not items:
         ck.add(("steps",), "is empty; add at least one webhook step")
     steps = _steps(ck, items or [], ("steps",), "steps")
@@ -247,7 +133,7 @@ def _webhooks(steps: Sequence[Step]) -> list[WebhookStep]:
 
 
 def _trigger(ck: Checker, value: Any, path: Path) -> Trigger | None:
-    obj = _mapping(ck, value, path, "trigger")
+    obj = mapping(ck, value, path, "trigger")
     if obj is None:
         return None
     _refuse_property_change(ck, obj, path)
@@ -272,21 +158,21 @@ def _refuse_property_change(ck: Checker, obj: dict[str, Any], path: Path) -> Non
     for key in obj:
         if "propert" in str(key) and key != "date_property":
             ck.add((*path, str(key)), PROPERTY_CHANGE)
-    _known_keys(ck, {k: v for k, v in obj.items() if "propert" not in str(k) or k == "date_property"},
+    known_keys(ck, {k: v for k, v in obj.items() if "propert" not in str(k) or k == "date_property"},
                 TRIGGER_KEYS, path, "trigger")
 
 
 def _trigger_of_kind(ck: Checker, kind: str, obj: dict[str, Any], path: Path,
                      filters: tuple[Condition, ...]) -> Trigger | None:
     if kind == "metric":
-        metric = _text(ck, obj, "metric", path)
+        metric = text_field(ck, obj, "metric", path)
         if metric is None or not _trigger_metric_ok(ck, metric, (*path, "metric")):
             return None
         return Trigger(kind="metric", metric=metric, filters=filters)
     if kind in ("list", "segment"):
         ident = obj[kind]
         if isinstance(ident, bool) or not isinstance(ident, str | int) or str(ident).strip() == "":
-            ck.add((*path, kind), f"must be the {kind} id (text), got {_type_name(ident)}")
+            ck.add((*path, kind), f"must be the {kind} id (text), got {type_name(ident)}")
             return None
         if kind == "list":
             return Trigger(kind="list", metric=SUBSCRIBED_TO_LIST, list_id=str(ident), filters=filters)
@@ -307,14 +193,15 @@ def _trigger_metric_ok(ck: Checker, metric: str, path: Path) -> bool:
 
 
 def _date_property(ck: Checker, value: Any, path: Path) -> DateProperty | None:
-    obj = _mapping(ck, value, path, "date_property")
+    obj = mapping(ck, value, path, "date_property")
     if obj is None:
         return None
-    _known_keys(ck, obj, DATE_PROPERTY_KEYS, path, "date_property")
-    prop = _text(ck, obj, "property", path, hint="name the profile property holding the date, e.g. birthday")
-    offset = _duration(ck, obj["offset"], (*path, "offset"), allow_negative=True) if "offset" in obj else 0
-    at = _time_of_day(ck, obj.get("at", "09:00"), (*path, "at"))
-    zone = _timezone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
+    known_keys(ck, obj, DATE_PROPERTY_KEYS, path, "date_property")
+    prop = text_field(ck, obj, "property", path,
+                      hint="name the profile property holding the date, e.g. birthday")
+    offset = duration(ck, obj["offset"], (*path, "offset"), allow_negative=True) if "offset" in obj else 0
+    at = time_of_day(ck, obj.get("at", "09:00"), (*path, "at"))
+    zone = timezone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
     yearly = obj.get("yearly", True)
     if not isinstance(yearly, bool):
         ck.add((*path, "yearly"), f"must be true or false, got {yearly!r}")
@@ -328,7 +215,7 @@ def _date_property(ck: Checker, value: Any, path: Path) -> DateProperty | None:
 
 
 def _conditions(ck: Checker, value: Any, path: Path, *, on: str) -> tuple[Condition, ...]:
-    items = _list(ck, value, path, "conditions")
+    items = as_list(ck, value, path, "conditions")
     if items is None:
         return ()
     built = [_condition(ck, item, (*path, i), on=on) for i, item in enumerate(items)]
@@ -336,10 +223,10 @@ def _conditions(ck: Checker, value: Any, path: Path, *, on: str) -> tuple[Condit
 
 
 def _condition(ck: Checker, value: Any, path: Path, *, on: str) -> Condition | None:
-    obj = _mapping(ck, value, path, "a condition")
+    obj = mapping(ck, value, path, "a condition")
     if obj is None:
         return None
-    _known_keys(ck, obj, CONDITION_KEYS, path, "a condition")
+    known_keys(ck, obj, CONDITION_KEYS, path, "a condition")
     if "property" in obj and "metric" in obj:
         ck.add(path, "has both property and metric; a condition is about one property "
                      "or about how often a metric happened")
@@ -370,7 +257,7 @@ def _op(ck: Checker, obj: dict[str, Any], path: Path, ops: frozenset[str], other
 
 
 def _property_condition(ck: Checker, obj: dict[str, Any], path: Path, *, on: str) -> Condition | None:
-    prop = _text(ck, obj, "property", path)
+    prop = text_field(ck, obj, "property", path)
     op = _op(ck, obj, path, PROPERTY_OPS, HISTORY_OPS, "property")
     for key in ("since", "within"):
         if key in obj:
@@ -434,7 +321,7 @@ def _history_condition(ck: Checker, obj: dict[str, Any], path: Path, *, on: str)
         ck.add(path, "history conditions (metric, op: count_...) are about the profile, not the "
                      "triggering event; move this one to profile_filters or a profile split")
         return None
-    metric = _text(ck, obj, "metric", path)
+    metric = text_field(ck, obj, "metric", path)
     if metric is not None and metric.strip().casefold() in EMAIL_METRICS:
         ck.add((*path, "metric"), f"Flowhook sees storefront events only; '{metric}' never happens here")
     op = _op(ck, obj, path, HISTORY_OPS, PROPERTY_OPS, "history")
@@ -457,7 +344,7 @@ def _window(ck: Checker, obj: dict[str, Any], path: Path) -> tuple[Any, int | No
         ck.add((*path, "since"), f"must be flow_start, got {obj['since']!r}; for a period use within: 30d")
         return False, None
     if "within" in obj:
-        within = _duration(ck, obj["within"], (*path, "within"))
+        within = duration(ck, obj["within"], (*path, "within"))
         return (False, None) if within is None else (None, within)
     return obj.get("since"), None
 
@@ -465,10 +352,10 @@ def _window(ck: Checker, obj: dict[str, Any], path: Path) -> tuple[Any, int | No
 def _reentry(ck: Checker, value: Any, path: Path) -> Reentry | None:
     if value is None:
         return Reentry()
-    obj = {"mode": value} if isinstance(value, str) else _mapping(ck, value, path, "reentry")
+    obj = {"mode": value} if isinstance(value, str) else mapping(ck, value, path, "reentry")
     if obj is None:
         return None
-    _known_keys(ck, obj, ("mode", "period"), path, "reentry")
+    known_keys(ck, obj, ("mode", "period"), path, "reentry")
     mode = obj.get("mode", "once")
     if mode not in REENTRY_MODES:
         ck.add((*path, "mode"), f"must be one of {', '.join(REENTRY_MODES)}, got {mode!r}")
@@ -480,7 +367,7 @@ def _reentry(ck: Checker, value: Any, path: Path) -> Reentry | None:
     if "period" not in obj:
         ck.add((*path, "period"), "missing; once_per needs a period, e.g. period: 30d")
         return None
-    period = _duration(ck, obj["period"], (*path, "period"))
+    period = duration(ck, obj["period"], (*path, "period"))
     return None if period is None else Reentry(mode="once_per", period_ms=period)
 
 
@@ -493,11 +380,11 @@ def _steps(ck: Checker, items: list[Any], path: Path, id_prefix: str) -> tuple[S
 
 
 def _step(ck: Checker, value: Any, path: Path, derived_id: str) -> Step | None:
-    obj = _mapping(ck, value, path, "a step")
+    obj = mapping(ck, value, path, "a step")
     if obj is None:
         return None
     kinds = [k for k in ("delay", "split", "webhook") if k in obj]
-    _known_keys(ck, obj, ("delay", "split", "webhook", "id"), path, "a step")
+    known_keys(ck, obj, ("delay", "split", "webhook", "id"), path, "a step")
     if len(kinds) != 1:
         found = f" (found {', '.join(kinds)})" if kinds else ""
         ck.add(path, f"a step needs exactly one of delay, split or webhook{found}")
@@ -506,7 +393,7 @@ def _step(ck: Checker, value: Any, path: Path, derived_id: str) -> Step | None:
         ck.add((*path, "id"), "put the webhook's id inside webhook: (webhook: {id: ..., url: ...})")
     step_id = _step_id(ck, obj, path, derived_id)
     builders: dict[str, Callable[..., Step | None]] = {
-        "delay": _delay, "split": _split, "webhook": _webhook,
+        "delay": _delay, "split": _split, "webhook": build_webhook,
     }
     return builders[kinds[0]](ck, obj[kinds[0]], (*path, kinds[0]), step_id)
 
@@ -517,44 +404,36 @@ def _step_id(ck: Checker, obj: dict[str, Any], path: Path, derived_id: str) -> s
     if given is None or "webhook" in obj:
         return derived_id
     where = (*path, "id") if "id" in obj else (*path, "split", "id")
-    ident = _identifier(ck, given, where, "step id")
+    ident = identifier(ck, given, where, "step id")
     if ident is None:
         return derived_id
-    _claim_id(ck, ident, where)
+    claim_id(ck, ident, where)
     return ident
-
-
-def _claim_id(ck: Checker, ident: str, path: Path) -> None:
-    if ident in ck.step_ids:
-        ck.add(path, f"step id {ident!r} is used twice (first at {field_name(ck.step_ids[ident])}); "
-                     "step ids must be unique within a flow")
-    else:
-        ck.step_ids[ident] = path
 
 
 def _delay(ck: Checker, value: Any, path: Path, step_id: str) -> DelayStep | None:
     if isinstance(value, str):
-        ms = _duration(ck, value, path)
+        ms = duration(ck, value, path)
         return None if ms is None else DelayStep(id=step_id, duration_ms=ms)
-    obj = _mapping(ck, value, path, "delay (a duration such as 2d, or {until: \"09:00\", timezone: UTC})")
+    obj = mapping(ck, value, path, "delay (a duration such as 2d, or {until: \"09:00\", timezone: UTC})")
     if obj is None:
         return None
-    _known_keys(ck, obj, ("until", "timezone"), path, "delay")
+    known_keys(ck, obj, ("until", "timezone"), path, "delay")
     if "until" not in obj:
         ck.add((*path, "until"), "missing; write delay: 2d, or delay: {until: \"09:00\", timezone: UTC}")
         return None
-    until = _time_of_day(ck, obj["until"], (*path, "until"))
-    zone = _timezone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
+    until = time_of_day(ck, obj["until"], (*path, "until"))
+    zone = timezone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
     if until is None or zone is None:
         return None
     return DelayStep(id=step_id, until=until, timezone=zone)
 
 
 def _split(ck: Checker, value: Any, path: Path, step_id: str) -> SplitStep | None:
-    obj = _mapping(ck, value, path, "split")
+    obj = mapping(ck, value, path, "split")
     if obj is None:
         return None
-    _known_keys(ck, obj, SPLIT_KEYS, path, "split")
+    known_keys(ck, obj, SPLIT_KEYS, path, "split")
     on = obj.get("on", "profile")
     if on not in ("profile", "event"):
         ck.add((*path, "on"), f"must be profile or event, got {on!r}")
@@ -567,266 +446,6 @@ def _split(ck: Checker, value: Any, path: Path, step_id: str) -> SplitStep | Non
         ck.add((*path, "if"), "is empty; a split needs at least one condition")
     branches = []
     for key in ("then", "else"):
-        items = _list(ck, obj.get(key, []), (*path, key), key) or []
+        items = as_list(ck, obj.get(key, []), (*path, key), key) or []
         branches.append(_steps(ck, items, (*path, key), f"{step_id}.{key}"))
     return SplitStep(id=step_id, conditions=conditions, on=on, then=branches[0], else_=branches[1])
-
-
-# --- webhook ---------------------------------------------------------------------------
-
-
-def _webhook(ck: Checker, value: Any, path: Path, _derived_id: str) -> WebhookStep | None:
-    obj = _mapping(ck, value, path, "webhook")
-    if obj is None:
-        return None
-    _known_keys(ck, obj, WEBHOOK_KEYS, path, "webhook")
-    step_id = _text(ck, obj, "id", path, hint="give each webhook a stable id, e.g. id: crm-lead "
-                                              "(delivery ids are derived from it)")
-    if step_id is not None:
-        step_id = _identifier(ck, step_id, (*path, "id"), "webhook id")
-        if step_id is not None:
-            _claim_id(ck, step_id, (*path, "id"))
-    url = _url(ck, obj, path)
-    method = _method(ck, obj.get("method", "POST"), (*path, "method"))
-    headers = _headers(ck, obj.get("headers", {}), (*path, "headers"))
-    body = _body(ck, obj.get("body"), (*path, "body"))
-    options = _options(ck, obj, path)
-    signing = _signing(ck, obj.get("signing_secret"), (*path, "signing_secret"))
-    if None in (step_id, url, method, headers, options, signing) or body is False:
-        return None
-    return WebhookStep(id=str(step_id), url=str(url), method=str(method), headers=dict(headers or {}),
-                       body=body, signing_secrets=tuple(signing or ()), **(options or {}))
-
-
-def _url(ck: Checker, obj: dict[str, Any], path: Path) -> str | None:
-    url = _text(ck, obj, "url", path, hint="where to send, e.g. url: https://api.example.com/hook")
-    if url is None:
-        return None
-    upath = (*path, "url")
-    _template(ck, url, upath)
-    schemes = ("https://", "http://") if ck.allow_http else ("https://",)
-    if not url.lower().startswith(schemes):
-        hint = "" if ck.allow_http else (" (http:// only when the operator allows it: FLOWHOOK_ALLOW_HTTP=1 "
-                                         "or --allow-http)")
-        ck.add(upath, f"must start with https://{hint}, got {url[:60]!r}")
-        return None
-    authority = url.split("://", 1)[1].split("/", 1)[0]
-    if templates.has_tags(authority):
-        ck.add(upath, "the host must be written literally; templates may appear in the path and query only")
-        return None
-    literal = _ANY_TAG.sub("x", url)
-    parts = urlsplit(literal)
-    if not parts.hostname or any(ch.isspace() for ch in literal):
-        ck.add(upath, f"{url[:80]!r} is not a valid URL")
-        return None
-    if parts.username or parts.password:
-        ck.add(upath, "must not carry credentials; send them in a header with {{ secrets.NAME }}")
-        return None
-    return url
-
-
-def _method(ck: Checker, value: Any, path: Path) -> str | None:
-    if isinstance(value, str) and value.upper() in METHODS:
-        return value.upper()
-    ck.add(path, f"must be one of {', '.join(METHODS)}, got {value!r}")
-    return None
-
-
-def _headers(ck: Checker, value: Any, path: Path) -> dict[str, str] | None:
-    obj = _mapping(ck, value, path, "headers")
-    if obj is None:
-        return None
-    seen: set[str] = set()
-    ok = True
-    for name, header_value in obj.items():
-        hpath = (*path, str(name))
-        ok = _header(ck, str(name), header_value, hpath, seen) and ok
-    return {str(k): v for k, v in obj.items()} if ok else None
-
-
-def _header(ck: Checker, name: str, value: Any, path: Path, seen: set[str]) -> bool:
-    if not HEADER_NAME.match(name):
-        ck.add(path, f"header name {name!r} has characters a header name cannot have "
-                     "(spaces, colons, CR/LF, ...)")
-        return False
-    if name.lower() in RESERVED_HEADERS:
-        ck.add(path, f"{name} is set by Flowhook itself and cannot be overridden; remove it")
-        return False
-    if name.lower() in seen:
-        ck.add(path, f"header {name} is given twice (names ignore case)")
-        return False
-    seen.add(name.lower())
-    if not isinstance(value, str):
-        ck.add(path, f"header values are text; quote it, got {_type_name(value)}")
-        return False
-    if "\r" in value or "\n" in value:
-        ck.add(path, "header values cannot contain line breaks")
-        return False
-    if is_secret_header(value):
-        return _secret_header(ck, value, path)
-    before = len(ck.problems)
-    _template(ck, value, path)
-    return len(ck.problems) == before
-
-
-def _secret_header(ck: Checker, value: str, path: Path) -> bool:
-    rest = SECRET_TAG.sub("", value)
-    if templates.has_tags(rest) or "}}" in rest or "secrets." in rest:
-        ck.add(path, "a header that uses secrets may hold only literal text and {{ secrets.NAME }} tags "
-                     "(NAME: letters, digits, _); put other values in a separate header")
-        return False
-    return True
-
-
-def _signing(ck: Checker, value: Any, path: Path) -> tuple[str, ...] | None:
-    if value is None:
-        return ()
-    items = value if isinstance(value, list) else [value]
-    names = []
-    for i, item in enumerate(items):
-        match = SECRET_TAG.fullmatch(item.strip()) if isinstance(item, str) else None
-        if match is None:
-            where = (*path, i) if isinstance(value, list) else path
-            ck.add(where, "must be \"{{ secrets.NAME }}\" (or a list of them), naming a whsec_ secret "
-                          "set as FLOWHOOK_SECRET_NAME; the secret itself never goes in a flow file")
-            return None
-        names.append(match.group(1))
-    if not names:
-        ck.add(path, "is an empty list; remove it or name at least one secret")
-        return None
-    return tuple(names)
-
-
-def _body(ck: Checker, value: Any, path: Path) -> Any:
-    """The body as given (False when wrong): object bodies checked leaf by leaf."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        _template(ck, value, path)
-        ck.warn(path, suggest_object_body(value))
-        return value
-    if not isinstance(value, dict | list):
-        ck.add(path, f"body must be a mapping, a list or text, got {_type_name(value)}")
-        return False
-    before = len(ck.problems)
-    _body_leaves(ck, value, path)
-    return value if len(ck.problems) == before else False
-
-
-def _body_leaves(ck: Checker, node: Any, path: Path) -> None:
-    if isinstance(node, dict):
-        for key, child in node.items():
-            if templates.has_tags(str(key)):
-                ck.warn((*path, str(key)), "keys are sent as written: templates work in values only")
-            _body_leaves(ck, child, (*path, str(key)))
-    elif isinstance(node, list):
-        for i, child in enumerate(node):
-            _body_leaves(ck, child, (*path, i))
-    elif isinstance(node, str):
-        _template(ck, node, path)
-
-
-def _options(ck: Checker, obj: dict[str, Any], path: Path) -> dict[str, Any] | None:
-    options: dict[str, Any] = {}
-    ok = True
-    if "timeout" in obj:
-        timeout = _duration(ck, obj["timeout"], (*path, "timeout"))
-        if timeout is not None and timeout > MAX_TIMEOUT_MS:
-            ck.add((*path, "timeout"), "must be at most 5m")
-            timeout = None
-        ok = ok and timeout is not None
-        options["timeout_ms"] = timeout
-    if "max_age" in obj:
-        options["max_age_ms"] = _duration(ck, obj["max_age"], (*path, "max_age"))
-        ok = ok and options["max_age_ms"] is not None
-    if "retry" in obj:
-        options["retry_ms"] = _retry(ck, obj["retry"], (*path, "retry"))
-        ok = ok and options["retry_ms"] is not None
-    if "rate_limit" in obj:
-        rate = obj["rate_limit"]
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0:
-            ck.add((*path, "rate_limit"), f"must be a number of requests per second above 0, got {rate!r}")
-            ok = False
-        else:
-            options["rate_limit"] = float(rate)
-    return options if ok else None
-
-
-def _retry(ck: Checker, value: Any, path: Path) -> tuple[int, ...] | None:
-    items = _list(ck, value, path, "retry (the delays between tries, e.g. [1s, 5s])")
-    if items is None:
-        return None
-    delays = [_duration(ck, item, (*path, i)) for i, item in enumerate(items)]
-    if len(delays) > 50:
-        ck.add(path, "at most 50 retries")
-        return None
-    return None if None in delays else tuple(d for d in delays if d is not None)
-
-
-# --- string bodies ---------------------------------------------------------------------
-
-_ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
-
-
-def suggest_object_body(body: str) -> str:
-    """The warning for a text body, with the object form when it can be worked out."""
-    base = ("body is text, so it renders as text and must be valid JSON afterwards "
-            "(a quote in a value breaks it); write it as a mapping so values are escaped by construction")
-    suggestion = object_form(body)
-    if suggestion is None:
-        return base
-    import orjson
-
-    return f"{base}: body: {orjson.dumps(suggestion).decode()}"
-
-
-def object_form(body: str) -> Any:
-    """A text body with `{{ }}` tags rewritten as an object body, or None if that cannot be done.
-
-    A tag inside a JSON string stays inside that string leaf; a bare tag becomes a lone-tag
-    leaf, which keeps its value's type, as the text form intended.
-    """
-    tags: list[str] = []
-    out: list[str] = []
-    in_string = False
-    position = 0
-    for match in _ANY_TAG.finditer(body):
-        literal = body[position:match.start()]
-        in_string = _track_quotes(literal, in_string)
-        out.append(literal)
-        if match.group(0).startswith("{%"):
-            return None
-        tags.append(match.group(0))
-        marker = f"\u0000{len(tags) - 1}\u0000"
-        out.append(marker if in_string else f'"{marker}"')
-        position = match.end()
-    out.append(body[position:])
-    import orjson
-
-    try:
-        data = orjson.loads("".join(out).replace("\u0000", "\\u0000"))
-    except orjson.JSONDecodeError:
-        return None
-    return _restore(data, tags)
-
-
-def _track_quotes(literal: str, in_string: bool) -> bool:
-    escaped = False
-    for char in literal:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = in_string
-        elif char == '"':
-            in_string = not in_string
-    return in_string
-
-
-def _restore(node: Any, tags: list[str]) -> Any:
-    if isinstance(node, str):
-        return re.sub("\u0000(\\d+)\u0000", lambda m: tags[int(m.group(1))], node)
-    if isinstance(node, dict):
-        return {k: _restore(v, tags) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_restore(v, tags) for v in node]
-    return node

@@ -22,7 +22,8 @@ import orjson
 import yaml
 
 from processor.errors import InputError, Problem
-from processor.flows.build import Checker, build_flow, field_name
+from processor.flows.build import build_flow
+from processor.flows.checks import Checker, field_name
 from processor.flows.model import Flow
 
 PathKey = tuple[str | int, ...]

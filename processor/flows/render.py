@@ -23,6 +23,7 @@ from urllib.parse import quote
 import orjson
 
 from processor.flows import templates as t
+from processor.flows import values
 from processor.flows.model import Flow, WebhookStep
 
 CACHE_SIZE: Final = 4096
@@ -134,13 +135,13 @@ def render_webhook(
     except t.TemplateProblem as exc:
         return _with(base, error=f"step {step.id}: {exc}")
     variables = t.variables_for(event=event, profile=profile, flow_id=flow.id, flow_name=flow.name)
-    token = t.new_budget()
+    token = values.new_budget()
     try:
         return _render(base, compiled, variables)
     except Exception as exc:  # data must never take a worker down (limits, odd values)
         return _with(base, secret_headers=compiled.secret_headers, error=f"could not render: {exc}")
     finally:
-        t.end_budget(token)
+        values.end_budget(token)
 
 
 def _render(base: RenderedRequest, compiled: CompiledStep, variables: dict[str, Any]) -> RenderedRequest:
@@ -192,9 +193,9 @@ def _render_body(compiled: CompiledStep, variables: dict[str, Any]) -> tuple[str
         except orjson.JSONDecodeError as exc:
             return rendered, f"body is not valid JSON after rendering: {exc}"
         return rendered, None
-    body = t.dumps(_render_tree(compiled.body, variables))
-    if len(body) > t.MAX_OUTPUT_CHARS:
-        return None, f"rendered body is larger than {t.MAX_OUTPUT_CHARS} characters"
+    body = values.dumps(_render_tree(compiled.body, variables))
+    if len(body) > values.MAX_OUTPUT_CHARS:
+        return None, f"rendered body is larger than {values.MAX_OUTPUT_CHARS} characters"
     return body, None
 
 

@@ -12,38 +12,36 @@ attribute; no globals; only the filters SPEC.md lists. Every render runs under a
 
 from __future__ import annotations
 
-import contextvars
-import json
-import math
 import re
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Final
 
-import orjson
-from jinja2 import ChainableUndefined, Template, Undefined, nodes, pass_environment
+from jinja2 import Template, Undefined, nodes
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment
 
 from processor.errors import FlowhookError
+from processor.flows import template_filters
 from processor.flows.lookup import EventView, ProfileView
+from processor.flows.template_filters import Missing
+from processor.flows.values import (
+    SeqView,
+    current_budget,
+    finalize,
+    text,
+    tick,
+    to_json_value,
+    wrap,
+)
 
 VARIABLES: Final = ("event", "person", "flow")
 SECRETS: Final = "secrets"
 FLOW_FIELDS: Final = ("id", "name")
-FILTERS: Final = (
-    "default", "lookup", "upper", "lower", "title", "floatformat", "join", "length", "date", "tojson",
-)
+FILTERS: Final = tuple(template_filters.FILTERS)
 MAX_TEMPLATE_CHARS: Final = 16 * 1024
-MAX_STEPS: Final = 1_000_000
-MAX_OUTPUT_CHARS: Final = 1024 * 1024
-MAX_RENDER_SECONDS: Final = 0.5
 MAX_REPEAT_CHARS: Final = 64 * 1024
-MAX_DEPTH: Final = 200
 NOT_AVAILABLE: Final = {
     "feeds": "web feeds and product feeds are not available in Flowhook; "
     "send the data with the event, or fetch it on the receiving side",
@@ -72,10 +70,6 @@ _FORBIDDEN_NODES: Final = {
 
 class TemplateProblem(FlowhookError, ValueError):
     """A template that cannot be used; the message says what to change."""
-
-
-class RenderLimitError(FlowhookError, RuntimeError):
-    """A render ran past its step, size or time budget."""
 
 
 # --- Django syntax -> Jinja syntax ------------------------------------------------------
@@ -115,354 +109,6 @@ def has_tags(source: str) -> bool:
     return "{{" in source or "{%" in source or "{#" in source
 
 
-# --- budget ----------------------------------------------------------------------------
-
-
-@dataclass
-class Budget:
-    """What one render may still spend."""
-
-    steps: int = MAX_STEPS
-    output: int = MAX_OUTPUT_CHARS
-    deadline: float = 0.0
-
-    def tick(self, n: int = 1) -> None:
-        self.steps -= n
-        if self.steps < 0:
-            raise RenderLimitError(f"template did more than {MAX_STEPS} steps")
-        if (n > 1 or self.steps % 64 == 0) and time.monotonic() > self.deadline:
-            raise RenderLimitError(f"template took longer than {MAX_RENDER_SECONDS}s")
-
-    def spend_output(self, n: int) -> None:
-        self.output -= n
-        if self.output < 0:
-            raise RenderLimitError(f"template output is larger than {MAX_OUTPUT_CHARS} characters")
-        self.tick()
-
-
-_budget: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("flowhook_budget", default=None)
-
-
-def new_budget() -> contextvars.Token[Budget | None]:
-    """Start a fresh budget for one render; pass the token to `end_budget`."""
-    return _budget.set(Budget(deadline=time.monotonic() + MAX_RENDER_SECONDS))
-
-
-def end_budget(token: contextvars.Token[Budget | None]) -> None:
-    _budget.reset(token)
-
-
-def _spend(n: int) -> None:
-    budget = _budget.get()
-    if budget is not None:
-        budget.spend_output(n)
-
-
-def _tick(n: int = 1) -> None:
-    budget = _budget.get()
-    if budget is not None:
-        budget.tick(n)
-
-
-# --- data views: JSON data only, with counted iteration ---------------------------------
-
-
-class SeqView(Sequence[Any]):
-    """A list as templates see it: items wrapped, iteration counted against the budget."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Sequence[Any]) -> None:
-        self.data = data
-
-    def __getitem__(self, index: Any) -> Any:
-        if isinstance(index, slice):
-            return SeqView(self.data[index])
-        return wrap(self.data[index])
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[Any]:
-        for item in self.data:
-            _tick()
-            yield wrap(item)
-
-
-class MapView(Mapping[str, Any]):
-    """A JSON object as templates see it: values wrapped, iteration counted."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: Mapping[str, Any]) -> None:
-        self.data = data
-
-    def __getitem__(self, key: str) -> Any:
-        return wrap(self.data[key])
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[str]:
-        for key in self.data:
-            _tick()
-            yield key
-
-
-def wrap(value: Any) -> Any:
-    """Lists and objects become views; scalars and views pass through."""
-    if isinstance(value, list | tuple):
-        return SeqView(value)
-    if isinstance(value, dict):
-        return MapView(value)
-    return value
-
-
-def plain(value: Any) -> Any:
-    """The data behind a view (one level); anything else unchanged."""
-    if isinstance(value, SeqView | MapView):
-        return value.data
-    if isinstance(value, ProfileView | EventView):
-        return value.plain()
-    return value
-
-
-# --- values to JSON and to text ---------------------------------------------------------
-
-
-def to_json_value(value: Any, depth: int = 0) -> Any:
-    """Any template value as JSON data: views unwrapped, non-finite floats as null."""
-    if depth > MAX_DEPTH:
-        raise RenderLimitError(f"value nested deeper than {MAX_DEPTH} levels")
-    value = plain(value)
-    if isinstance(value, Undefined) or value is None:
-        return None
-    if isinstance(value, str):
-        _spend(len(value))
-        return value if type(value) is str else str(value)
-    if isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        _tick(len(value) + 1)
-        return {str(k): to_json_value(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | SeqView):
-        _tick(len(value) + 1)
-        return [to_json_value(v, depth + 1) for v in value]
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return str(value)
-
-
-def dumps(value: Any, *, indent: bool = False) -> str:
-    """JSON text of JSON data; falls back to the stdlib for integers beyond 64 bits."""
-    try:
-        return orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
-    except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(value, ensure_ascii=True, allow_nan=False, indent=2 if indent else None,
-                          separators=None if indent else (",", ":"))
-
-
-def text(value: Any) -> str:
-    """How a value prints inside text: missing and null as nothing, the rest as JSON would."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Undefined) or value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return dumps(to_json_value(value))
-
-
-def _finalize(value: Any) -> str:
-    out = text(value)
-    budget = _budget.get()
-    if budget is not None:
-        budget.spend_output(len(out))
-    return out
-
-
-# --- filters ---------------------------------------------------------------------------
-
-
-class Missing(ChainableUndefined):
-    """A missing variable: prints as nothing, and `missing.anything` is missing too."""
-
-    __slots__ = ()
-
-
-def _is_missing(value: Any) -> bool:
-    return isinstance(value, Undefined) or value is None or value == ""
-
-
-def f_default(value: Any, fallback: Any = "") -> Any:
-    """Klaviyo's default: the fallback when the value is missing, null or empty text."""
-    return fallback if _is_missing(value) else value
-
-
-@pass_environment
-def f_lookup(env: SandboxedEnvironment, value: Any, key: Any) -> Any:
-    """`obj|lookup:'key'`: a property by name (names with `$` or spaces), or a list index."""
-    if isinstance(value, Undefined):
-        return value
-    return env.getitem(value, key)
-
-
-def f_upper(value: Any) -> str:
-    return text(value).upper()
-
-
-def f_lower(value: Any) -> str:
-    return text(value).lower()
-
-
-def f_title(value: Any) -> str:
-    """Django's title: capitalise words, but not the letter after an apostrophe or a digit."""
-    titled = re.sub(r"([a-z])'([A-Z])", lambda m: m.group(0).lower(), text(value).title())
-    return re.sub(r"\d([A-Z])", lambda m: m.group(0).lower(), titled)
-
-
-def _decimal(value: Any) -> Decimal | None:
-    value = plain(value)
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        return None
-    try:
-        number = Decimal(str(value).strip())
-    except InvalidOperation:
-        return None
-    return number if number.is_finite() else None
-
-
-def f_floatformat(value: Any, arg: Any = -1) -> str:
-    """Django's floatformat: 34.2 -> "34.2", with 2 -> "34.20", with -2 -> "34" for 34.0."""
-    number = _decimal(value)
-    if number is None:
-        return ""
-    spec = str(arg).strip()
-    grouped = spec.endswith("g")
-    try:
-        places = int(spec.rstrip("g") or "-1")
-    except ValueError:
-        return text(value)
-    places = max(-20, min(20, places))
-    if places < 0 and number == number.to_integral_value():
-        places = 0
-    digits = abs(places)
-    rounded = number.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
-    return f"{rounded:,.{digits}f}" if grouped else f"{rounded:.{digits}f}"
-
-
-def f_join(value: Any, separator: Any = "") -> str:
-    """List items as text joined by the separator; text stays as it is."""
-    value = plain(value)
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list | tuple):
-        return text(value)
-    parts = []
-    for item in value:
-        _tick()
-        parts.append(text(item))
-    return text(separator).join(parts)
-
-
-def f_length(value: Any) -> int:
-    """Items in a list or object, characters in text; 0 for anything else."""
-    value = plain(value)
-    if isinstance(value, str | list | tuple | Mapping):
-        return len(value)
-    return 0
-
-
-def f_tojson(value: Any) -> str:
-    """The value as JSON text (missing -> null)."""
-    return dumps(to_json_value(value))
-
-
-_MONTHS_AP = (
-    "Jan.", "Feb.", "March", "April", "May", "June", "July", "Aug.", "Sept.", "Oct.", "Nov.", "Dec.",
-)
-
-
-def _ordinal(day: int) -> str:
-    if 10 < day % 100 < 14:
-        return "th"
-    return {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
-
-
-_DATE_CODES: Final = {
-    "d": lambda t: f"{t.day:02d}",
-    "j": lambda t: str(t.day),
-    "D": lambda t: t.strftime("%a"),
-    "l": lambda t: t.strftime("%A"),
-    "S": lambda t: _ordinal(t.day),
-    "w": lambda t: str((t.weekday() + 1) % 7),
-    "m": lambda t: f"{t.month:02d}",
-    "n": lambda t: str(t.month),
-    "M": lambda t: t.strftime("%b"),
-    "b": lambda t: t.strftime("%b").lower(),
-    "F": lambda t: t.strftime("%B"),
-    "N": lambda t: _MONTHS_AP[t.month - 1],
-    "y": lambda t: f"{t.year % 100:02d}",
-    "Y": lambda t: str(t.year),
-    "H": lambda t: f"{t.hour:02d}",
-    "G": lambda t: str(t.hour),
-    "h": lambda t: f"{(t.hour % 12) or 12:02d}",
-    "g": lambda t: str((t.hour % 12) or 12),
-    "i": lambda t: f"{t.minute:02d}",
-    "s": lambda t: f"{t.second:02d}",
-    "A": lambda t: "AM" if t.hour < 12 else "PM",
-    "a": lambda t: "a.m." if t.hour < 12 else "p.m.",
-    "c": lambda t: t.isoformat(),
-    "U": lambda t: str(int(t.timestamp())),
-    "O": lambda t: t.strftime("%z"),
-    "T": lambda t: t.strftime("%Z"),
-}
-
-
-def _as_datetime(value: Any) -> datetime | None:
-    """ISO text, epoch seconds (or ms when large) or a datetime -> aware datetime."""
-    value = plain(value)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        seconds = value / 1000 if abs(value) > 100_000_000_000 else value
-        try:
-            return datetime.fromtimestamp(seconds, tz=UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
-    if isinstance(value, str) and value.strip():
-        try:
-            parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
-
-
-def f_date(value: Any, fmt: Any = "N j, Y") -> str:
-    """Django's date filter (format letters Y m d H i s F M N j D l S A ...); "" when not a date."""
-    moment = _as_datetime(value)
-    if moment is None:
-        return ""
-    out, escaped = [], False
-    for char in text(fmt)[:200]:
-        if escaped:
-            out.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        else:
-            code = _DATE_CODES.get(char)
-            out.append(code(moment) if code else char)
-    return "".join(out)
-
-
 # --- the environment -------------------------------------------------------------------
 
 
@@ -478,7 +124,7 @@ class FlowEnvironment(SandboxedEnvironment):
         return self._item(obj, argument)
 
     def _item(self, obj: Any, key: Any) -> Any:
-        _tick()
+        tick()
         if isinstance(obj, Undefined):
             return obj
         if isinstance(obj, LoopContext):
@@ -523,23 +169,12 @@ def _make_environment() -> FlowEnvironment:
     env = FlowEnvironment(
         autoescape=False,
         undefined=Missing,
-        finalize=_finalize,
+        finalize=finalize,
         keep_trailing_newline=True,
         auto_reload=False,
     )
     env.globals.clear()
-    env.filters = {
-        "default": f_default,
-        "lookup": f_lookup,
-        "upper": f_upper,
-        "lower": f_lower,
-        "title": f_title,
-        "floatformat": f_floatformat,
-        "join": f_join,
-        "length": f_length,
-        "date": f_date,
-        "tojson": f_tojson,
-    }
+    env.filters = dict(template_filters.FILTERS)
     return env
 
 
@@ -570,7 +205,7 @@ class Compiled:
             if self.expression is not None:
                 return text(self.expression(**variables))
             return self.source
-        budget = _budget.get()
+        budget = current_budget()
         parts = []
         for chunk in self.template.generate(**variables):
             if budget is not None:
