@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -15,7 +16,7 @@ from processor.engine.flowset import FlowSet
 from processor.engine.state import ProfileState
 from processor.flows.loader import flow_from_dict
 from processor.flows.model import Flow
-from processor.kafka import make_producer, read_records
+from processor.kafka import ensure_topics, make_producer, read_records
 from processor.settings import Settings
 
 T0 = parse_iso_ms("2026-11-27T10:00:00Z")
@@ -119,7 +120,9 @@ def definition(flow_id: str, **fields: Any) -> dict[str, Any]:
 
 
 async def publish_flows(settings: Settings, *definitions: dict[str, Any], version: int = 1) -> None:
-    """Publish flow definitions to the flows topic."""
+    """Create every topic (so no test auto-creates one with the wrong partition count), then
+    publish flow definitions to the flows topic."""
+    await ensure_topics(settings)
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -183,3 +186,19 @@ class InProcessEngine:
         self._stop.set()
         assert self._task is not None
         await asyncio.wait_for(self._task, timeout=30)
+
+
+def processor_worker(settings: Settings, folder: Path, name: str) -> Any:
+    """A `flowhook processor` child process with its own data dir and log file (not started)."""
+    from processor.stack import WorkerProcess
+
+    env = {"FLOWHOOK_DATA_DIR": str(folder / name / "data")}
+    return WorkerProcess("processor", settings, folder / name / "worker.log", env=env)
+
+
+def count_by(records_: list[dict[str, Any]], field: str) -> dict[str, int]:
+    """How many records carry each value of `field`."""
+    counts: dict[str, int] = {}
+    for r in records_:
+        counts[r[field]] = counts.get(r[field], 0) + 1
+    return counts

@@ -100,6 +100,9 @@ class Engine:
             name=TABLE_NAME,
             beacon=self.app.tables.beacon,
             default=None,
+            # bytes in and out: the store and the changelog keep our own orjson bytes as they are
+            key_type=bytes,
+            value_type=bytes,
             schema=faust.Schema(
                 key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
             ),
@@ -128,26 +131,25 @@ class Engine:
             await self.on_message(event.message)
 
     async def on_message(self, message: Any) -> None:
-        """Handle one input record; never raises (a bad record is copied aside)."""
+        """Handle one input record. Bad input is copied aside, never raised; a failing table
+        or producer raises, so the worker stops and the record is read again after a restart."""
         kind = self._kinds[message.topic]
         try:
             record, profile_id = decode(kind, message.value)
         except Refused as exc:
             await self._refuse(message, str(exc))
             return
-        try:
-            await self._apply(kind, record, profile_id, message)
-        except Exception as exc:  # a record the engine cannot handle must not stop the worker
-            log.exception("record_failed", topic=message.topic, offset=message.offset)
-            await self._refuse(message, f"engine error: {type(exc).__name__}: {exc}")
-
-    async def _apply(self, kind: RecordKind, record: dict[str, Any], profile_id: str, message: Any) -> None:
         key = profile_id.encode()
         raw = self.table.get(key)
         state = loads(raw) if raw is not None else ProfileState(profile_id)
         state.partition = message.partition
         src = f"{message.topic}:{message.partition}:{message.offset}"
-        outcome = handle(state, kind, record, self.flows, self.clock(), src)
+        try:
+            outcome = handle(state, kind, record, self.flows, self.clock(), src)
+        except Exception as exc:  # a record the core cannot handle must not stop the worker
+            log.exception("record_failed", topic=message.topic, offset=message.offset)
+            await self._refuse(message, f"engine error: {type(exc).__name__}: {exc}")
+            return
         for output in outcome.outputs:
             await self._produce(output)
         if outcome.changed or raw is None:
