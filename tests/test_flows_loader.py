@@ -364,3 +364,11 @@ def test_yaml_aliases_are_refused(tmp_path: Path) -> None:
                     "steps: [{webhook: {id: w, url: 'https://e.com'}}]\n")
     problems = check_flow_file(path).problems
     assert len(problems) == 1 and "aliases" in problems[0].message and problems[0].line == 5
+
+
+def test_text_body_that_can_never_be_json_is_an_error() -> None:
+    """A text body without tags that is not JSON is refused; one with tags only warned about."""
+    assert any("must be JSON" in p for p in problems_of(webhook(body="name=value")))
+    checked = check_definition(webhook(body="name={{ person.first_name }}"), source="t.yaml")
+    assert checked.ok and "does not look like JSON" in checked.warnings[0].message
+    assert problems_of(webhook(body='{"static": true}')) == []

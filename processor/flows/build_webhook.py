@@ -165,14 +165,28 @@ def _body(ck: Checker, value: Any, path: Path) -> Any:
     if value is None:
         return None
     if isinstance(value, str):
-        check_template(ck, value, path)
-        ck.warn(path, suggest_object_body(value))
-        return value
+        return _text_body(ck, value, path)
     if not isinstance(value, dict | list):
         ck.add(path, f"body must be a mapping, a list or text, got {type_name(value)}")
         return False
     before = len(ck.problems)
     _body_leaves(ck, value, path)
+    return value if len(ck.problems) == before else False
+
+
+def _text_body(ck: Checker, value: str, path: Path) -> str | bool:
+    """A text body: an error when it can never be JSON (no tags, not JSON), else a warning."""
+    if not templates.has_tags(value):
+        try:
+            orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            ck.add(path, f"a text body must be JSON, and this one is not ({exc}); "
+                         "write the body as a mapping instead")
+            return False
+    before = len(ck.problems)
+    check_template(ck, value, path)
+    if len(ck.problems) == before:
+        ck.warn(path, suggest_object_body(value))
     return value if len(ck.problems) == before else False
 
 
@@ -237,7 +251,7 @@ def suggest_object_body(body: str) -> str:
             "(a quote in a value breaks it); write it as a mapping so values are escaped by construction")
     suggestion = object_form(body)
     if suggestion is None:
-        return base
+        return f"{base}; as written it does not look like JSON, so check it with flowhook preview"
     return f"{base}: body: {orjson.dumps(suggestion).decode()}"
 
 
