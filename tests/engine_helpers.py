@@ -132,7 +132,7 @@ async def publish_flows(settings: Settings, *definitions: dict[str, Any], versio
         await producer.stop()
 
 
-async def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(settings: Settings, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
     """Produce (key, value) pairs and wait until the broker has them."""
     producer = make_producer(settings)
     await producer.start()

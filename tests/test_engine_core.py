@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from processor import records
 from processor.clock import iso, parse_iso_ms
-from processor.engine.core import date_occurrence, next_time_of_day, profile_key
+from processor.engine.core import date_occurrence, next_time_of_day, profile_key, unscheduled_dates
 from processor.engine.state import dumps, loads
 from processor.flows.model import DateProperty
 from tests.engine_helpers import T0, Harness, event, flow, kinds, webhook
@@ -320,3 +320,13 @@ def test_time_zone_of_date_trigger_is_honoured() -> None:
     dp = DateProperty(property="birthday", at="09:00", timezone="Asia/Tokyo")
     expected = datetime(2026, 12, 10, 0, 0, tzinfo=UTC)
     assert date_occurrence(dp, "1990-12-10", T0) == int(expected.timestamp() * 1000)
+
+
+def test_profiles_seen_before_a_date_flow_need_a_wakeup() -> None:
+    """A profile holding the date property but no schedule for a live date flow needs a wake-up."""
+    trigger = {"date_property": {"property": "birthday", "at": "00:00", "timezone": "UTC"}}
+    flows = Harness(flow("bday", trigger=trigger)).flows
+    with_date = {"id": "p1", "properties": {"birthday": "2000-12-01"}}
+    assert unscheduled_dates(with_date, frozenset(), flows)
+    assert not unscheduled_dates(with_date, frozenset({"bday"}), flows)
+    assert not unscheduled_dates({"id": "p1"}, frozenset(), flows)

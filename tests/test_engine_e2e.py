@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +35,6 @@ def _by(records_: list[dict[str, Any]], field: str) -> dict[str, list[dict[str, 
 
 async def test_run_processor_turns_a_metric_event_into_a_webhook_due_record(settings: Settings) -> None:
     """The demo path: a published metric flow plus one event gives one webhook-due record."""
-    import asyncio
 
     await publish_flows(settings, definition("order", steps=[webhook("catalog")]))
     stop = asyncio.Event()
@@ -181,3 +181,33 @@ async def test_every_trigger_step_status_and_reentry_mode(settings: Settings) ->
     assert all(records.validation_error("invalid", r) is None for r in invalid)
     delayed = by_profile["plain"][0]
     assert delayed["due_at"] > iso(now_ms() - 60_000)
+
+
+async def test_flow_edits_take_effect_without_restart(settings: Settings) -> None:
+    """Flows published, edited or removed while the worker runs take effect; runs keep their version."""
+    await publish_flows(
+        settings,
+        definition("edit", trigger={"metric": "Edit"}, steps=[{"delay": "2s"}, webhook("old")]),
+        definition("gone", trigger={"metric": "Gone"}),
+    )
+    async with InProcessEngine(settings):
+        await produce(settings, settings.topics.events, [event_bytes(event("e1", "Edit", pid="pinned"))])
+        await produce(settings, settings.topics.profiles, [(b"cake", orjson.dumps(_cake_profile()))])
+        await wait_for(settings, settings.topics.results, lambda rs: len(rs) >= 1)
+        await publish_flows(
+            settings, definition("edit", trigger={"metric": "Edit"}, steps=[webhook("new")]), version=2
+        )
+        await publish_flows(settings, definition("bday", trigger=_birthday_in(4)))
+        await produce(settings, settings.topics.flows, [(b"gone", None)])
+        await asyncio.sleep(1.5)  # the registry follows the flows topic
+        later = [event("e2", "Edit", pid="fresh"), event("g1", "Gone", pid="fresh")]
+        await produce(settings, settings.topics.events, [event_bytes(e) for e in later])
+        dues = await wait_for(settings, settings.topics.webhooks, lambda rs: len(rs) >= 3, timeout_s=20)
+        await asyncio.sleep(0.5)
+        dues = await read_json(settings, settings.topics.webhooks)
+    got = sorted((d["profile_id"], d["flow_id"], d["step_id"], d["flow_version"]) for d in dues)
+    assert got == [("cake", "bday", "hook", 1), ("fresh", "edit", "new", 2), ("pinned", "edit", "old", 1)]
+
+
+def _cake_profile() -> dict[str, Any]:
+    return {"id": "cake", "properties": {"birthday": datetime.now(tz=UTC).date().isoformat()}}

@@ -28,13 +28,14 @@ from faust.types import TP
 
 from processor import records
 from processor.clock import iso, now_ms
-from processor.engine.core import Output, RecordKind, handle
+from processor.engine.core import Output, RecordKind, handle, unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
 from processor.engine.inputs import Refused, decode
 from processor.engine.registry import FlowRegistry
 from processor.engine.state import ProfileState, due_of, dumps, loads
 from processor.errors import FlowhookError
+from processor.flows.model import Flow
 from processor.kafka import ensure_topics, make_reader
 from processor.logs import get_logger
 from processor.settings import Settings
@@ -71,6 +72,7 @@ class EngineTable(faust.Table):  # type: ignore[misc]
         await self.engine.catch_up_changelog(self, active_tps)
         await super().on_recovery_completed(active_tps, standby_tps)
         self.engine.rebuild_due_index(self)
+        self.engine.ready = True
 
 
 class Engine:
@@ -81,7 +83,7 @@ class Engine:
         self.clock = clock
         self.topics = settings.topics
         self.flows = FlowSet()
-        self.registry = FlowRegistry(settings, self.flows)
+        self.registry = FlowRegistry(settings, self.flows, on_change=self.on_flow_change)
         self.due = DueIndex()
         self.app = make_app(settings)
         self.table = self._make_table()
@@ -92,6 +94,7 @@ class Engine:
         }
         self._out_topics = {"webhook": self.topics.webhooks, "result": self.topics.results}
         self.processed = 0
+        self.ready = False  # set once the table has been recovered after an assignment
         self._wire()
 
     def _make_table(self) -> EngineTable:
@@ -188,13 +191,28 @@ class Engine:
         self.due.drop_partitions({tp.partition for tp in revoked})
 
     def rebuild_due_index(self, table: EngineTable) -> None:
-        """Refill the due index from every profile this worker now owns."""
+        """Refill the due index from every profile this worker now owns.
+
+        A profile with a date property that a date-triggered flow has not scheduled yet (the
+        flow was published after the profile was last seen) is due now: its wake-up
+        schedules it (through the agent, the only place the table may change).
+        """
         self.due.clear()
+        now = self.clock()
         for raw in table.data.values():
-            if raw is not None:
-                due_ms, partition, profile_id = due_of(raw)
-                self.due.set(profile_id, due_ms, partition)
+            if raw is None:
+                continue
+            summary = due_of(raw)
+            due_ms = summary.due_ms
+            if unscheduled_dates(summary.profile, summary.dated_flows, self.flows):
+                due_ms = now
+            self.due.set(summary.profile_id, due_ms, summary.partition)
         log.info("due_index_rebuilt", profiles_due=len(self.due))
+
+    def on_flow_change(self, flow: Flow | None) -> None:
+        """A date-triggered flow was published or changed: look for profiles to schedule."""
+        if flow is not None and flow.trigger.kind == "date_property" and self.ready:
+            self.rebuild_due_index(self.table)
 
     async def catch_up_changelog(self, table: EngineTable, active_tps: set[TP]) -> None:
         """Apply changelog records past the broker's reported end (see EngineTable)."""

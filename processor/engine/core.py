@@ -410,6 +410,18 @@ def refresh_dates(state: ProfileState, flows: FlowSet, now_ms: int) -> None:
             state.dates[flow_id] = DateSchedule(date_occurrence(dp, raw, now_ms), raw, _signature(dp))
 
 
+def unscheduled_dates(profile: dict[str, Any], scheduled: frozenset[str], flows: FlowSet) -> bool:
+    """True when a live date-property flow has no schedule yet for a profile holding its
+    property (the flow was published after the profile was last seen): it needs a wake-up."""
+    for program in flows.dated():
+        dp = program.flow.trigger.date_property
+        if program.flow.status == "draft" or dp is None or program.flow.id in scheduled:
+            continue
+        if isinstance(profile_value(profile, dp.property), str):
+            return True
+    return False
+
+
 def _fire_dates(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
     for flow_id, schedule in list(state.dates.items()):
         if schedule.target_ms is None or schedule.target_ms > now_ms:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from processor.engine.flowset import FlowSet
 from processor.errors import FlowhookError
+from processor.flows.model import Flow
 from processor.kafka import make_reader
 from processor.logs import get_logger
 from processor.settings import Settings
@@ -39,9 +41,12 @@ def flow_from_record(value: bytes, *, allow_http: bool) -> Any:
 class FlowRegistry:
     """Keeps `flows` in step with the flows topic in a background task."""
 
-    def __init__(self, settings: Settings, flows: FlowSet) -> None:
+    def __init__(
+        self, settings: Settings, flows: FlowSet, on_change: Callable[[Flow | None], None] | None = None
+    ) -> None:
         self.settings = settings
         self.flows = flows
+        self._on_change = on_change
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -87,3 +92,5 @@ class FlowRegistry:
             return
         self.flows.put(flow)
         log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
+        if self._on_change is not None:
+            self._on_change(flow)

@@ -132,7 +132,18 @@ def loads(data: bytes) -> ProfileState:
     )
 
 
-def due_of(data: bytes) -> tuple[int | None, int, str]:
-    """(next due ms, partition, profile id) of serialised state, for rebuilding the due index."""
+@dataclass(frozen=True)
+class DueSummary:
+    """What the due index needs of a stored state, read without building a ProfileState."""
+
+    profile_id: str
+    partition: int
+    due_ms: int | None
+    profile: dict[str, Any]
+    dated_flows: frozenset[str]  # flows whose date trigger this profile has a schedule for
+
+
+def due_of(data: bytes) -> DueSummary:
+    """The due-index summary of serialised state."""
     raw = orjson.loads(data)
-    return raw["d"], raw["p"], raw["i"]
+    return DueSummary(raw["i"], raw["p"], raw["d"], raw["f"], frozenset(raw["t"]))
