@@ -88,3 +88,10 @@ def test_cli_apply_and_list(settings: Settings, monkeypatch: pytest.MonkeyPatch)
     assert listed.exit_code == 0, listed.output
     assert "full-featured" in listed.output and "metric Placed Order" in listed.output
     assert "live" in listed.output and "webhook catalog" in listed.output and "1 flow" in listed.output
+
+
+def test_cli_without_a_broker_fails_with_one_line() -> None:
+    """An unreachable broker ends `flows list` with exit 1 and a message naming the address."""
+    result = CliRunner().invoke(flows, ["list", "--brokers", "127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert "cannot reach Kafka at 127.0.0.1:1" in result.output

@@ -88,7 +88,7 @@ def validate(paths: tuple[Path, ...], allow_http: bool | None) -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str | None) -> None:
     """Validate, then publish changed flows to the flows topic (new version per change)."""
-    from processor.cli import load_settings, run_async
+    from processor.cli import load_settings
     from processor.flows import publish
 
     checked = check_files(paths, allow_http)
@@ -103,14 +103,14 @@ def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str
             click.echo(f"{change.kind:9} {change.flow_id} version {change.version} ({change.source})")
         return 0
 
-    sys.exit(run_async(run()))
+    sys.exit(_run(settings, run()))
 
 
 @flows.command("list")
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def list_command(brokers: str | None) -> None:
     """Show the flows on the flows topic: id, name, status, trigger, version, steps."""
-    from processor.cli import load_settings, run_async
+    from processor.cli import load_settings
     from processor.flows import publish
 
     settings = load_settings(brokers=brokers)
@@ -120,7 +120,7 @@ def list_command(brokers: str | None) -> None:
         _print_table([publish.flow_row(r, _flow_or_none(r)) for _, r in sorted(current.items())])
         return 0
 
-    sys.exit(run_async(run()))
+    sys.exit(_run(settings, run()))
 
 
 @flows.command("delete")
@@ -128,7 +128,7 @@ def list_command(brokers: str | None) -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def delete_command(flow_id: str, brokers: str | None) -> None:
     """Remove a flow (publishes a tombstone); its running runs stop at their next step."""
-    from processor.cli import load_settings, run_async
+    from processor.cli import load_settings
     from processor.flows import publish
 
     settings = load_settings(brokers=brokers)
@@ -140,7 +140,19 @@ def delete_command(flow_id: str, brokers: str | None) -> None:
         click.echo(f"deleted {flow_id}")
         return 0
 
-    sys.exit(run_async(run()))
+    sys.exit(_run(settings, run()))
+
+
+def _run(settings: Any, coro: Any) -> int:
+    """Run a Kafka coroutine; an unreachable broker is a one-line failure (exit 1), not a traceback."""
+    from aiokafka.errors import KafkaError
+
+    from processor.cli import run_async
+
+    try:
+        return run_async(coro)
+    except (KafkaError, OSError) as exc:
+        raise click.ClickException(f"cannot reach Kafka at {settings.brokers}: {exc}") from None
 
 
 def _flow_or_none(record: dict[str, Any]) -> Any:
