@@ -77,6 +77,15 @@ def test_missing_property_fails_all_but_negative_ops(op: str, expected: bool) ->
     assert holds(op, "no_such_property", value) is expected
 
 
+def test_dollar_twins_in_custom_properties() -> None:
+    """`city` finds `$city` in properties (and the other way round); the exact name wins."""
+    profile = {"id": "p", "properties": {"$city": "Berlin", "region": "BE", "$region": "other"}}
+    ctx_ = ctx(profile=profile)
+    assert evaluate([Condition(op="eq", property="city", value="Berlin")], ctx_) is None
+    assert evaluate([Condition(op="eq", property="$region", value="other")], ctx_) is None
+    assert evaluate([Condition(op="eq", property="region", value="BE")], ctx_) is None
+
+
 def test_event_conditions_read_the_triggering_event() -> None:
     """on=event reads the event's properties and $event_id, $time, metric."""
     assert holds("gte", "$value", 50, on="event")

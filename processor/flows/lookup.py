@@ -2,7 +2,8 @@
 
 Profile: top-level fields (id, email, phone_number, first_name, ...) first, then the custom
 `properties`; a `$`-prefixed name such as `$phone_number` means the top-level field without
-the `$` (Klaviyo spells its standard fields that way). Event: the event record's
+the `$` (Klaviyo spells its standard fields that way), and in `properties` a name and its
+`$` twin (`city` / `$city`) find each other, the exact name first. Event: the event record's
 `properties`, plus `$event_id`, `$time` and `metric` taken from the record itself.
 """
 
@@ -41,8 +42,12 @@ def profile_value(profile: Mapping[str, Any], name: str) -> Any:
     if name in profile and name != PROPERTIES:
         return profile[name]
     custom = profile.get(PROPERTIES)
-    if isinstance(custom, Mapping) and name in custom:
-        return custom[name]
+    if isinstance(custom, Mapping):
+        # Klaviyo exports keep standard fields as `$city`, `$phone_number` in properties.
+        twin = name[1:] if name.startswith("$") else f"${name}"
+        for key in (name, twin):
+            if key in custom:
+                return custom[key]
     if name == PROPERTIES:
         return custom if isinstance(custom, Mapping) else MISSING
     return MISSING
