@@ -39,6 +39,8 @@ WEBHOOK_KEYS: Final = (
 
 
 def build_webhook(ck: Checker, value: Any, path: Path, _derived_id: str) -> WebhookStep | None:
+
+    """A webhook step, or None when a problem was recorded (its id is its own, not derived)."""
     obj = mapping(ck, value, path, "webhook")
     if obj is None:
         return None

@@ -40,9 +40,11 @@ class Checker:
     step_ids: dict[str, Path] = field(default_factory=dict)
 
     def add(self, path: Path, message: str) -> None:
+        """A problem at `path`."""
         self.problems.append((path, message))
 
     def warn(self, path: Path, message: str) -> None:
+        """A warning at `path` (the definition is still valid)."""
         self.warnings.append((path, message))
 
 
@@ -50,6 +52,8 @@ class Checker:
 
 
 def type_name(value: Any) -> str:
+
+    """How a value's type is named in messages: 'text', 'a list', ..."""
     if value is None:
         return "nothing"
     return {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list",
@@ -57,6 +61,8 @@ def type_name(value: Any) -> str:
 
 
 def mapping(ck: Checker, value: Any, path: Path, what: str) -> dict[str, Any] | None:
+
+    """The value if it is a mapping, else None with a problem."""
     if isinstance(value, dict):
         return value
     ck.add(path, f"{what} must be a mapping (key: value lines), got {type_name(value)}")
@@ -64,6 +70,8 @@ def mapping(ck: Checker, value: Any, path: Path, what: str) -> dict[str, Any] | 
 
 
 def as_list(ck: Checker, value: Any, path: Path, what: str) -> list[Any] | None:
+
+    """The value if it is a list, else None with a problem."""
     if isinstance(value, list):
         return value
     ck.add(path, f"{what} must be a list (lines starting with '- '), got {type_name(value)}")
@@ -72,6 +80,8 @@ def as_list(ck: Checker, value: Any, path: Path, what: str) -> list[Any] | None:
 
 def text_field(ck: Checker, obj: dict[str, Any], key: str, path: Path, *, required: bool = True,
           hint: str = "") -> str | None:
+
+    """obj[key] if it is non-empty text; None with a problem when missing (if required) or wrong."""
     if key not in obj:
         if required:
             ck.add((*path, key), f"missing; {hint}" if hint else "missing; this field is required")
@@ -84,6 +94,8 @@ def text_field(ck: Checker, obj: dict[str, Any], key: str, path: Path, *, requir
 
 
 def known_keys(ck: Checker, obj: dict[str, Any], allowed: Sequence[str], path: Path, what: str) -> None:
+
+    """A problem for every key not in `allowed`, with a did-you-mean hint."""
     for key in obj:
         if key in allowed:
             continue
@@ -93,6 +105,8 @@ def known_keys(ck: Checker, obj: dict[str, Any], allowed: Sequence[str], path: P
 
 
 def duration(ck: Checker, value: Any, path: Path, *, allow_negative: bool = False) -> int | None:
+
+    """A duration in ms (> 0 unless negatives are allowed), or None with a problem."""
     try:
         ms = parse_duration_ms(value)
     except DurationError as exc:
@@ -105,6 +119,8 @@ def duration(ck: Checker, value: Any, path: Path, *, allow_negative: bool = Fals
 
 
 def identifier(ck: Checker, value: Any, path: Path, what: str) -> str | None:
+
+    """An id (letters, digits, - _ .), or None with a problem."""
     if isinstance(value, str) and ID_PATTERN.match(value):
         return value
     ck.add(path, f"{what} {value!r} is not a valid id; use letters, digits, '-', '_' or '.' "
@@ -113,6 +129,8 @@ def identifier(ck: Checker, value: Any, path: Path, what: str) -> str | None:
 
 
 def timezone(ck: Checker, value: Any, path: Path) -> str | None:
+
+    """An IANA time zone name, or None with a problem."""
     if isinstance(value, str):
         try:
             ZoneInfo(value)
@@ -124,6 +142,8 @@ def timezone(ck: Checker, value: Any, path: Path) -> str | None:
 
 
 def time_of_day(ck: Checker, value: Any, path: Path) -> str | None:
+
+    """"HH:MM", or None with a problem."""
     if isinstance(value, str) and TIME_OF_DAY.match(value):
         return value
     ck.add(path, f"{value!r} is not a time of day; write it quoted as \"HH:MM\", e.g. \"09:00\"")
@@ -131,11 +151,15 @@ def time_of_day(ck: Checker, value: Any, path: Path) -> str | None:
 
 
 def check_template(ck: Checker, source: str, path: Path, *, allow_secrets: bool = False) -> None:
+
+    """A problem for everything wrong with a template (secrets only where allowed)."""
     for message in templates.check(source, allow_secrets=allow_secrets):
         ck.add(path, message)
 
 
 def claim_id(ck: Checker, ident: str, path: Path) -> None:
+
+    """Record a step id; a problem when it is already taken."""
     if ident in ck.step_ids:
         ck.add(path, f"step id {ident!r} is used twice (first at {field_name(ck.step_ids[ident])}); "
                      "step ids must be unique within a flow")

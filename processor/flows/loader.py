@@ -69,6 +69,7 @@ class CheckedFile:
 
     @property
     def ok(self) -> bool:
+        """True when the file has no problems (warnings allowed)."""
         return not self.problems
 
 

@@ -42,11 +42,14 @@ class Condition:
     # `builtins.property`: the field named `property` shadows the builtin in this class body.
     @builtins.property
     def is_history(self) -> bool:
+        """True for history conditions (about how often a metric happened)."""
         return self.metric is not None
 
 
 @dataclass(frozen=True)
 class DateProperty:
+    """A date stored on the profile that starts runs (e.g. three days before a birthday)."""
+
     property: str
     offset_ms: int = 0
     at: str = "09:00"  # HH:MM in `timezone`
@@ -56,6 +59,8 @@ class DateProperty:
 
 @dataclass(frozen=True)
 class Trigger:
+    """What starts a run: a metric, list or segment membership, or a profile date."""
+
     kind: TriggerKind
     # The metric whose events start the flow: the metric itself, or "Subscribed to List" /
     # "Added to Segment" for list/segment triggers; None for date_property triggers.
@@ -68,12 +73,16 @@ class Trigger:
 
 @dataclass(frozen=True)
 class Reentry:
+    """Whether a profile may enter the flow again: once, always, or once per period."""
+
     mode: ReentryMode = "once"
     period_ms: int | None = None  # only for once_per
 
 
 @dataclass(frozen=True)
 class DelayStep:
+    """Wait a duration, or until a time of day in a time zone."""
+
     id: str
     duration_ms: int | None = None  # either a duration ...
     until: str | None = None  # ... or a time of day "HH:MM" in `timezone`
@@ -82,6 +91,8 @@ class DelayStep:
 
 @dataclass(frozen=True)
 class WebhookStep:
+    """Send one HTTP request; templates in url, headers and body are rendered per run."""
+
     id: str
     url: str
     method: str = "POST"
@@ -96,6 +107,8 @@ class WebhookStep:
 
 @dataclass(frozen=True)
 class SplitStep:
+    """Continue with `then` when every condition holds, else with `else_`."""
+
     id: str
     conditions: tuple[Condition, ...]
     on: SplitOn = "profile"  # "event": a trigger split, on the triggering event
@@ -108,6 +121,8 @@ Step = DelayStep | WebhookStep | SplitStep
 
 @dataclass(frozen=True)
 class Flow:
+    """A validated flow definition, as the engine runs it."""
+
     id: str
     name: str
     status: Status

@@ -43,6 +43,7 @@ class Preview:
     entered: bool = False
 
     def say(self, text: str, depth: int = 0) -> None:
+        """Add a line, indented `depth` levels."""
         self.lines.append(INDENT * depth + text if text else "")
 
 

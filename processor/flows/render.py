@@ -107,6 +107,7 @@ class _Cache:
         self.entries: OrderedDict[tuple[str, int, str], tuple[WebhookStep, CompiledStep]] = OrderedDict()
 
     def get(self, flow: Flow, step: WebhookStep) -> CompiledStep:
+        """The compiled step, compiling it on first use."""
         key = (flow.id, flow.version, step.id)
         entry = self.entries.get(key)
         if entry is not None and entry[0] is step:

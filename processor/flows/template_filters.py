@@ -44,10 +44,14 @@ def f_lookup(env: SandboxedEnvironment, value: Any, key: Any) -> Any:
 
 
 def f_upper(value: Any) -> str:
+
+    """The value as text in capitals."""
     return text(value).upper()
 
 
 def f_lower(value: Any) -> str:
+
+    """The value as text in small letters."""
     return text(value).lower()
 
 

@@ -118,9 +118,11 @@ class FlowEnvironment(SandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def getattr(self, obj: Any, attribute: str) -> Any:
+        """`obj.name`: a key of JSON data, else a missing value."""
         return self._item(obj, attribute)
 
     def getitem(self, obj: Any, argument: Any) -> Any:
+        """`obj[key]`: a key or index of JSON data, else a missing value."""
         return self._item(obj, argument)
 
     def _item(self, obj: Any, key: Any) -> Any:
@@ -151,6 +153,7 @@ class FlowEnvironment(SandboxedEnvironment):
         return self.undefined(obj=obj, name=str(key))
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """`*` and `**` with limits, so no template builds huge values."""
         if operator == "**" and (not isinstance(right, int | float) or abs(right) > 64):
             raise SecurityError("exponents above 64 are not allowed in templates")
         if operator == "*":

@@ -43,6 +43,7 @@ class Budget:
     deadline: float = 0.0
 
     def tick(self, n: int = 1) -> None:
+        """Spend `n` steps; RenderLimitError past the step or time budget."""
         self.steps -= n
         if self.steps < 0:
             raise RenderLimitError(f"template did more than {MAX_STEPS} steps")
@@ -50,6 +51,7 @@ class Budget:
             raise RenderLimitError(f"template took longer than {MAX_RENDER_SECONDS}s")
 
     def spend_output(self, n: int) -> None:
+        """Spend `n` output characters; RenderLimitError past the size budget."""
         self.output -= n
         if self.output < 0:
             raise RenderLimitError(f"template output is larger than {MAX_OUTPUT_CHARS} characters")
