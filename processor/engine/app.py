@@ -36,7 +36,7 @@ from processor.engine.registry import FlowRegistry
 from processor.engine.state import ProfileState, due_of, dumps, loads
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, make_reader
+from processor.kafka import ensure_topics, make_reader, wait_for_broker
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -94,6 +94,7 @@ class Engine:
         }
         self._out_topics = {"webhook": self.topics.webhooks, "result": self.topics.results}
         self.processed = 0
+        self.failure: BaseException | None = None
         self.ready = False  # set once the table has been recovered after an assignment
         self._wire()
 
@@ -130,8 +131,14 @@ class Engine:
     # --- the hot path ---------------------------------------------------------------
 
     async def _agent(self, stream: Any) -> None:
-        async for event in stream.events():
-            await self.on_message(event.message)
+        try:
+            async for event in stream.events():
+                await self.on_message(event.message)
+        except Exception as exc:
+            # A table or producer failure: stop the worker (see `_wait`) rather than keep a
+            # member in the group that holds partitions and processes nothing.
+            self.failure = exc
+            raise
 
     async def on_message(self, message: Any) -> None:
         """Handle one input record. Bad input is copied aside, never raised; a failing table
@@ -231,6 +238,10 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Create topics, load flows, start the app; stop gracefully when `stop` is set."""
+        try:
+            await wait_for_broker(self.settings)
+        except TimeoutError as exc:
+            raise EngineCrashed(str(exc)) from None
         await ensure_topics(self.settings)
         _make_dirs(Path(self.app.conf.datadir))
         await self.registry.start()
@@ -247,6 +258,8 @@ class Engine:
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a crashed app (Faust stops itself) is an error."""
         while not stop.is_set():
+            if self.failure is not None:
+                raise EngineCrashed(f"the engine agent failed: {self.failure!r}") from self.failure
             if self.app.crashed or self.app.should_stop:
                 raise EngineCrashed(f"the Faust app stopped: {self.app.crash_reason!r}")
             with contextlib.suppress(TimeoutError):
@@ -305,6 +318,8 @@ def make_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         producer_acks=-1,
+        # Batch outputs and changelog writes a little: fewer, larger produce requests.
+        producer_linger=0.005,
         web_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,
