@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 from processor import records
 from processor.clock import iso, parse_iso_ms
-from processor.engine.core import date_occurrence, next_time_of_day, profile_key, unscheduled_dates
+from processor.engine.core import (
+    date_occurrence,
+    drop_committed,
+    next_time_of_day,
+    profile_key,
+    unscheduled_dates,
+)
 from processor.engine.state import dumps, loads
 from processor.flows.model import DateProperty
 from tests.engine_helpers import T0, Harness, event, flow, kinds, webhook
@@ -330,3 +336,14 @@ def test_profiles_seen_before_a_date_flow_need_a_wakeup() -> None:
     assert unscheduled_dates(with_date, frozenset(), flows)
     assert not unscheduled_dates(with_date, frozenset({"bday"}), flows)
     assert not unscheduled_dates({"id": "p1"}, frozenset(), flows)
+
+
+def test_outbox_entries_are_dropped_once_their_offsets_are_committed() -> None:
+    """Outputs kept for a re-read are forgotten once the record's offset is committed."""
+    h = Harness(flow(reentry={"mode": "always"}))
+    h.event(event("e1"), src="t.events:0:7")
+    h.event(event("e2"), src="t.events:1:3")
+    drop_committed(h.state, lambda topic, partition: {("t.events", 0): 8}.get((topic, partition)))
+    assert [entry[0] for entry in h.state.outbox] == ["t.events:1:3"]
+    drop_committed(h.state, lambda topic, partition: 3)
+    assert len(h.state.outbox) == 1

@@ -155,6 +155,8 @@ async def test_every_trigger_step_status_and_reentry_mode(settings: Settings) ->
         print(f"webhook-due records: {len(dues)} after {time.monotonic() - started:.1f}s")
         results = await read_json(settings, settings.topics.results)
         invalid = await read_json(settings, settings.topics.events_invalid)
+        wakeups = await read_json(settings, settings.topics.wakeups)
+    assert {(w["profile_id"], w["reason"]) for w in wakeups} >= {("vip", "delay"), ("bday", "date_property")}
     by_profile = _by(dues, "profile_id")
     steps = {
         pid: sorted(f"{d['flow_id']}/{d['step_id']}/{d['mode']}" for d in ds)

@@ -55,10 +55,10 @@ def test_due_index_pops_in_time_order_and_respects_the_limit() -> None:
     index = DueIndex()
     index.set("a", 30, 0)
     index.set("b", 10, 1)
-    index.set("c", 20, 2)
+    index.set("c", 20, 2, "date_property")
     index.set("d", 99, 3)
-    assert index.pop_due(50, limit=2) == [("b", 1, 10), ("c", 2, 20)]
-    assert index.pop_due(50, limit=10) == [("a", 0, 30)]
+    assert index.pop_due(50, limit=2) == [("b", 1, 10, "delay"), ("c", 2, 20, "date_property")]
+    assert index.pop_due(50, limit=10) == [("a", 0, 30, "delay")]
     assert len(index) == 1
 
 
@@ -72,4 +72,4 @@ def test_due_index_replaces_and_clears_entries() -> None:
     index.set("b", None, 1)
     index.set("c", 5, 2)
     index.drop_partitions({2})
-    assert index.pop_due(100, limit=10) == [("a", 0, 40)]
+    assert index.pop_due(100, limit=10) == [("a", 0, 40, "delay")]

@@ -28,7 +28,7 @@ from faust.types import TP
 
 from processor import records
 from processor.clock import iso, now_ms
-from processor.engine.core import Output, RecordKind, handle, unscheduled_dates
+from processor.engine.core import Output, RecordKind, drop_committed, handle, unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
 from processor.engine.inputs import Refused, decode
@@ -153,6 +153,8 @@ class Engine:
         raw = self.table.get(key)
         state = loads(raw) if raw is not None else ProfileState(profile_id)
         state.partition = message.partition
+        if state.outbox:
+            drop_committed(state, self._committed)
         src = f"{message.topic}:{message.partition}:{message.offset}"
         try:
             outcome = handle(state, kind, record, self.flows, self.clock(), src)
@@ -164,8 +166,18 @@ class Engine:
             await self._produce(output)
         if outcome.changed or raw is None:
             self.table[key] = dumps(outcome.state)
-        self.due.set(profile_id, outcome.state.next_due_ms(), message.partition)
+        due = outcome.state.next_due()
+        if due is None:
+            self.due.set(profile_id, None, message.partition)
+        else:
+            self.due.set(profile_id, due[0], message.partition, due[1])
         self.processed += 1
+
+    def _committed(self, topic: str, partition: int) -> int | None:
+        # Faust keeps the offsets it committed in a private mapping; without it (another
+        # Faust version) outbox entries simply live until their size and age bounds.
+        offsets = getattr(self.app.consumer, "_committed_offset", None) or {}
+        return offsets.get(TP(topic, partition))
 
     async def _produce(self, output: Output) -> None:
         topic = self._out_topics[output.kind]
@@ -188,8 +200,8 @@ class Engine:
     # --- wake-ups -------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        for profile_id, partition, due_ms in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
-            value = orjson.dumps({"profile_id": profile_id, "due_at": iso(due_ms), "reason": "delay"})
+        for profile_id, partition, due_ms, reason in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
+            value = orjson.dumps({"profile_id": profile_id, "due_at": iso(due_ms), "reason": reason})
             await self.app.producer.send(
                 self.topics.wakeups, profile_id.encode(), value, partition, None, None
             )
@@ -210,10 +222,10 @@ class Engine:
             if raw is None:
                 continue
             summary = due_of(raw)
-            due_ms = summary.due_ms
+            due_ms, reason = summary.due_ms, summary.reason
             if unscheduled_dates(summary.profile, summary.dated_flows, self.flows):
-                due_ms = now
-            self.due.set(summary.profile_id, due_ms, summary.partition)
+                due_ms, reason = now, "date_property"
+            self.due.set(summary.profile_id, due_ms, summary.partition, reason)
         log.info("due_index_rebuilt", profiles_due=len(self.due))
 
     def on_flow_change(self, flow: Flow | None) -> None:

@@ -20,6 +20,7 @@ removed: the run exits; manual: webhook steps are held).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
@@ -88,6 +89,19 @@ def handle(
     if src is not None and outcome.outputs:
         _remember_outputs(state, src, now_ms, outcome.outputs)
     return outcome
+
+
+def drop_committed(state: ProfileState, committed: Callable[[str, int], int | None]) -> None:
+    """Forget outbox entries of records whose offsets are committed: they will not be read
+    again, and Faust flushed the producer before committing, so their outputs are on Kafka.
+    `committed(topic, partition)` is the committed offset (the next one to read) or None."""
+    kept = []
+    for entry in state.outbox:
+        topic, partition, offset = entry[0].rsplit(":", 2)
+        done = committed(topic, int(partition))
+        if done is None or int(offset) >= done:
+            kept.append(entry)
+    state.outbox = kept
 
 
 def _remember_outputs(state: ProfileState, src: str, now_ms: int, outputs: list[Output]) -> None:

@@ -11,32 +11,33 @@ import heapq
 
 
 class DueIndex:
-    """Profile id -> (due ms, partition), ordered by due time."""
+    """Profile id -> (due ms, partition, reason), ordered by due time."""
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, str]] = []
-        self._due: dict[str, tuple[int, int]] = {}
+        self._due: dict[str, tuple[int, int, str]] = {}
 
-    def set(self, profile_id: str, due_ms: int | None, partition: int) -> None:
-        """Record when `profile_id` (on `partition`) falls due next; None clears it."""
+    def set(self, profile_id: str, due_ms: int | None, partition: int, reason: str = "delay") -> None:
+        """Record when `profile_id` (on `partition`) falls due next, and why; None clears it."""
         if due_ms is None:
             self._due.pop(profile_id, None)
             return
-        if self._due.get(profile_id) == (due_ms, partition):
+        entry = (due_ms, partition, reason)
+        if self._due.get(profile_id) == entry:
             return
-        self._due[profile_id] = (due_ms, partition)
+        self._due[profile_id] = entry
         heapq.heappush(self._heap, (due_ms, profile_id))
 
-    def pop_due(self, now_ms: int, limit: int) -> list[tuple[str, int, int]]:
-        """Up to `limit` (profile id, partition, due ms) that fell due, removed from the index."""
-        out: list[tuple[str, int, int]] = []
+    def pop_due(self, now_ms: int, limit: int) -> list[tuple[str, int, int, str]]:
+        """Up to `limit` (profile id, partition, due ms, reason) that fell due, removed."""
+        out: list[tuple[str, int, int, str]] = []
         while self._heap and len(out) < limit and self._heap[0][0] <= now_ms:
             due_ms, profile_id = heapq.heappop(self._heap)
             entry = self._due.get(profile_id)
             if entry is None or entry[0] != due_ms:
                 continue  # stale
             del self._due[profile_id]
-            out.append((profile_id, entry[1], due_ms))
+            out.append((profile_id, entry[1], due_ms, entry[2]))
         return out
 
     def drop_partitions(self, partitions: set[int]) -> None:

@@ -77,8 +77,13 @@ class ProfileState:
 
     def next_due_ms(self) -> int | None:
         """The earliest time something of this profile falls due (a delay or a date trigger)."""
-        times = [r.wake_ms for r in self.runs.values() if r.wake_ms is not None]
-        times += [d.target_ms for d in self.dates.values() if d.target_ms is not None]
+        due = self.next_due()
+        return None if due is None else due[0]
+
+    def next_due(self) -> tuple[int, str] | None:
+        """(when, "delay" | "date_property") of the earliest thing that falls due, or None."""
+        times = [(r.wake_ms, "delay") for r in self.runs.values() if r.wake_ms is not None]
+        times += [(d.target_ms, "date_property") for d in self.dates.values() if d.target_ms is not None]
         return min(times) if times else None
 
     def remember_event(self, event_id: str) -> None:
@@ -98,10 +103,10 @@ class ProfileState:
 
 
 def dumps(state: ProfileState) -> bytes:
-    """Compact JSON bytes for the table; `d` (next due) first so an index rebuild reads it cheaply."""
+    """Compact JSON bytes for the table; `d` (next due, reason) first for the due index."""
     return orjson.dumps(
         {
-            "d": state.next_due_ms(),
+            "d": state.next_due(),
             "i": state.profile_id,
             "p": state.partition,
             "f": state.profile,
@@ -139,6 +144,7 @@ class DueSummary:
     profile_id: str
     partition: int
     due_ms: int | None
+    reason: str  # why it falls due: "delay" or "date_property"
     profile: dict[str, Any]
     dated_flows: frozenset[str]  # flows whose date trigger this profile has a schedule for
 
@@ -146,4 +152,5 @@ class DueSummary:
 def due_of(data: bytes) -> DueSummary:
     """The due-index summary of serialised state."""
     raw = orjson.loads(data)
-    return DueSummary(raw["i"], raw["p"], raw["d"], raw["f"], frozenset(raw["t"]))
+    due_ms, reason = raw["d"] or (None, "delay")
+    return DueSummary(raw["i"], raw["p"], due_ms, reason, raw["f"], frozenset(raw["t"]))
