@@ -59,8 +59,9 @@ class EngineTable(faust.Table):  # type: ignore[misc]
 
     Why: Faust's recovery reads a changelog partition up to its high watermark, and the
     embedded broker (Tansu) reports the end offset as the base offset of the last batch,
-    so the last batch of every changelog partition would be missing after a restart or a
-    rebalance (a run waiting on a delay would be lost). After Faust's recovery we read each
+    so records of a changelog partition's last batch can be missing after a restart or a
+    rebalance (tests/test_engine_workers.py shows waiting runs lost that way: 12 records,
+    end reported as 1). After Faust's recovery we read each
     active changelog partition again from that reported end until it is idle and apply
     what we find; applying changelog records again is harmless (last write wins, in order).
     On brokers that report the true end this reads nothing.
