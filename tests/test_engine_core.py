@@ -13,6 +13,7 @@ from processor.engine.core import (
     profile_key,
     unscheduled_dates,
 )
+from processor.engine.flowset import FlowSet
 from processor.engine.state import dumps, loads
 from processor.flows.model import DateProperty
 from tests.engine_helpers import T0, Harness, event, flow, kinds, webhook
@@ -347,3 +348,18 @@ def test_outbox_entries_are_dropped_once_their_offsets_are_committed() -> None:
     assert [entry[0] for entry in h.state.outbox] == ["t.events:1:3"]
     drop_committed(h.state, lambda topic, partition: 3)
     assert len(h.state.outbox) == 1
+
+
+def test_unknown_pinned_version_is_replaced_only_by_one_of_the_same_shape() -> None:
+    """A run whose version is gone (a restart after compaction) continues on a current version
+    with the same steps, and exits with a reason when the steps differ."""
+    steps = [{"delay": "1h"}, webhook("later")]
+    same = Harness(flow(version=1, steps=steps))
+    same.event(event("e1"))
+    same.flows = FlowSet([flow(version=2, steps=[{"delay": "1h"}, webhook("later", method="PUT")])])
+    assert kinds(same.wake(T0 + HOUR)) == ["webhook:later:send", "completed"]
+    other = Harness(flow(version=1, steps=steps))
+    other.event(event("e1"))
+    other.flows = FlowSet([flow(version=2, steps=[webhook("new"), {"delay": "1h"}, webhook("later")])])
+    out = other.wake(T0 + HOUR)
+    assert kinds(out) == ["exited"] and "no longer known" in out.outputs[0].value["reason"]

@@ -217,7 +217,9 @@ def _try_start(
     run_id = records.run_id(flow.id, state.profile_id, event["id"])
     if not _may_enter(state, flow, run_id, event_ms):
         return
-    run = Run(run_id, flow.id, flow.version, program.start, _event_for_run(event), event_ms)
+    run = Run(
+        run_id, flow.id, flow.version, program.start, _event_for_run(event), event_ms, shape=program.shape
+    )
     reason = evaluate(flow.profile_filters, _context(state, event, now_ms, event_ms))
     if reason is not None:
         outputs.append(_run_result(state, run, "exited", now_ms, f"profile filter at entry: {reason}"))
@@ -271,7 +273,7 @@ def _refresh_and_advance(state: ProfileState, flows: FlowSet, now_ms: int, outpu
 
 def _advance(state: ProfileState, run: Run, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
     """Run steps until the run waits on a delay, exits or completes."""
-    program = flows.version(run.flow_id, run.version)
+    program = flows.version(run.flow_id, run.version, run.shape)
     current = flows.current(run.flow_id)
     while run.wake_ms is None:
         stop = _stop_reason(state, run, program, current, now_ms)
@@ -301,8 +303,10 @@ def _advance(state: ProfileState, run: Run, flows: FlowSet, now_ms: int, outputs
 def _stop_reason(
     state: ProfileState, run: Run, program: Program | None, current: Program | None, now_ms: int
 ) -> str | None:
-    if program is None or current is None:
+    if current is None:
         return "flow removed"
+    if program is None:
+        return f"flow version {run.version} is no longer known and the current version's steps differ"
     if current.flow.status == "draft":
         return "flow set to draft"
     if run.pc == END:

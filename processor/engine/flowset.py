@@ -6,6 +6,7 @@ while the worker runs, so a run keeps the version it started with after an edit.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -30,6 +31,9 @@ class Program:
     flow: Flow
     instructions: tuple[Instruction, ...]
     start: int
+    # The steps' kinds, ids and jumps: two versions with the same shape can take over each
+    # other's runs (an edit of a URL or body), others cannot.
+    shape: str = ""
 
 
 def compile_flow(flow: Flow) -> Program:
@@ -49,7 +53,9 @@ def compile_flow(flow: Flow) -> Program:
         return entry
 
     start = emit(flow.steps, END)
-    return Program(flow, tuple(out), start)
+    parts = [f"{type(i.step).__name__}:{i.step.id}:{i.next}:{i.else_}" for i in out]
+    shape = hashlib.sha256("|".join([str(start), *parts]).encode()).hexdigest()[:12]
+    return Program(flow, tuple(out), start, shape)
 
 
 class FlowSet:
@@ -91,10 +97,15 @@ class FlowSet:
         """The flow's current version, or None when it was removed (or never known)."""
         return self._current.get(flow_id)
 
-    def version(self, flow_id: str, version: int) -> Program | None:
-        """A given version; falls back to the current one when that version is not known
-        (after a restart only the latest version is left on the compacted topic)."""
-        return self._versions.get((flow_id, version)) or self._current.get(flow_id)
+    def version(self, flow_id: str, version: int, shape: str = "") -> Program | None:
+        """A given version. When it is not known (after a restart, compaction may have left only
+        the latest one on the flows topic) the current version stands in if it has the same
+        shape; otherwise None."""
+        known = self._versions.get((flow_id, version))
+        if known is not None:
+            return known
+        current = self._current.get(flow_id)
+        return current if current is not None and current.shape == shape else None
 
     def triggered_by(self, metric: str) -> list[Program]:
         """Current flows whose trigger listens to `metric`."""

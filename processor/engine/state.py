@@ -35,9 +35,19 @@ class Run:
     event: dict[str, Any]  # the triggering event record
     start_ms: int  # the triggering event's time: "since flow_start" counts from here
     wake_ms: int | None = None  # waiting on a delay until then
+    shape: str = ""  # the shape of the flow version (see flowset.Program)
 
     def pack(self) -> list[Any]:
-        return [self.run_id, self.flow_id, self.version, self.pc, self.event, self.start_ms, self.wake_ms]
+        return [
+            self.run_id,
+            self.flow_id,
+            self.version,
+            self.pc,
+            self.event,
+            self.start_ms,
+            self.wake_ms,
+            self.shape,
+        ]
 
     @classmethod
     def unpack(cls, data: list[Any]) -> Run:
