@@ -207,3 +207,22 @@ async def test_a_second_dispatcher_joining_mid_stream_loses_nothing(settings: Se
     final = _final(results)
     assert all(final[d["delivery_id"]] == "delivered" for d in dues)
     assert {h.headers["webhook-id"] for h in receiver.hits} == {d["delivery_id"] for d in dues}
+
+
+async def test_cancelling_the_task_shuts_down_gracefully(settings: Settings) -> None:
+    """Cancelling run_dispatcher (in-process use) finishes in-flight work and commits like a stop."""
+    receiver = await ScriptedReceiver({"/s": slow(0.05)}).start()
+    dues = [due_record(receiver.url("/s")) for _ in range(80)]
+    await produce(settings, dues)
+    try:
+        task = asyncio.create_task(run_dispatcher(settings, concurrency=4))
+        await _wait_for(lambda: len(receiver.hits) >= 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=30)
+        assert len(receiver.hits) < len(dues)
+        await _drain(settings)
+    finally:
+        await receiver.stop()
+    ids = sorted(h.headers["webhook-id"] for h in receiver.hits)
+    assert ids == sorted(d["delivery_id"] for d in dues)  # each exactly once

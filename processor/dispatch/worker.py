@@ -21,7 +21,12 @@ Commit path (per partition, for each lane), step by step:
    acknowledged, and a crash re-delivers (at least once, same webhook-id), never loses.
 
 On revoke and on shutdown: stop taking work, let in-flight tasks finish within one
-deadline (`shutdown_deadline_s`), abandon the rest (their offsets stay uncommitted), commit.
+deadline (`shutdown_deadline_s`; on revoke at most half the rebalance timeout), abandon the
+rest (their offsets stay uncommitted), commit.
+
+Consumer groups: `<prefix>dispatcher.first` and `<prefix>dispatcher.retry`. Burst mode
+(`drain_idle_s`) is meant for one dispatcher process (tests, bench, demo): it also waits
+until every retry this process produced has come back to it.
 """
 
 from __future__ import annotations
@@ -198,6 +203,8 @@ class Dispatcher:
                 breaker.probing = False  # an abandoned probe must not keep the circuit open forever
                 raise
         self._update_breaker(prepared.destination, attempt)
+        if attempt.failure is not None:
+            log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
         return outcomes.after_attempt(self.topics, due, attempt, self.rng)
 
     def _update_breaker(self, destination: str, attempt: Attempt) -> None:
@@ -479,6 +486,11 @@ async def run_dispatcher(
     options: DispatcherOptions | None = None,
 ) -> None:
     """Run the dispatcher until `stop` is set, a signal arrives, or (burst mode) input is drained.
+
+    `concurrency` bounds the requests in flight per lane, `per_destination` those to one
+    host:port; `drain_idle_s` ends the run once nothing has arrived or been in flight for that
+    long; `stop` (or cancelling the task) shuts down gracefully; `handle_signals` makes
+    SIGTERM/SIGINT do the same; `options` overrides all the tuning at once.
 
     Raises DispatcherError when an outcome could not be written (nothing is committed past it,
     so a restart re-delivers).
