@@ -140,8 +140,10 @@ async def test_workers_joining_and_dying_lose_no_run(settings: Settings, tmp_pat
         workers.append(processor_worker(settings, tmp_path, "w3").start())
         profiles += await _wave(settings, "b", 40)  # while the group rebalances
         await wait_for(settings, settings.topics.results, lambda rs: len(_entered(rs)) >= 80, timeout_s=40)
+        profiles += await _wave(settings, "c", 40)
+        await asyncio.sleep(2.0)  # wave c's delays fall due: kill a worker while it sends
         workers[0].kill()
-        profiles += await _wave(settings, "c", 40)  # while a dead worker still holds partitions
+        profiles += await _wave(settings, "d", 40)  # while the dead worker still holds partitions
         dues = await wait_for(
             settings, settings.topics.webhooks, lambda rs: len(_distinct(rs)) >= len(profiles), timeout_s=60
         )
@@ -158,6 +160,9 @@ async def test_workers_joining_and_dying_lose_no_run(settings: Settings, tmp_pat
     assert set(per_profile.values()) == {1}
     assert len(_entered(results)) == len(profiles)
     repeats = len(dues) - len(_distinct(dues))
+    by_wave = {w: sum(n - 1 for p, n in count_by(dues, "profile_id").items() if p[0] == w) for w in "abcd"}
     print(
         f"multi-worker: {len(profiles)} runs, {repeats} webhook-due records repeated (at-least-once window)"
     )
+    waves = "a: before the join, b: during it, c: at the kill, d: after it"
+    print(f"multi-worker: repeats by wave ({waves}): {by_wave}")

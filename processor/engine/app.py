@@ -333,6 +333,10 @@ def make_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         # Batch outputs and changelog writes a little: fewer, larger produce requests.
         producer_linger=0.005,
+        # Commit every second: offsets are the only thing that tells a worker taking over a
+        # partition what was done, and a commit made during a rebalance may be refused, so
+        # a shorter interval means fewer records read again (and outputs repeated) after one.
+        broker_commit_interval=1.0,
         web_enabled=False,
         autodiscover=False,
         table_standby_replicas=0,
