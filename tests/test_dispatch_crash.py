@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 
+from processor.broker import EmbeddedBroker
 from processor.settings import Settings
 from tests.dispatch_helpers import (
     ScriptedReceiver,
@@ -29,6 +30,15 @@ async def _start(settings: Settings, *args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def _until_quarter_sent(receiver: ScriptedReceiver, process: asyncio.subprocess.Process) -> None:
+    """Wait until a quarter of the records reached the receiver (the dispatcher is mid-stream)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while len(receiver.hits) < RECORDS // 4:
+        assert loop.time() < deadline and process.returncode is None, "the dispatcher did not get going"
+        await asyncio.sleep(0.02)
+
+
 async def test_kill_9_mid_stream_loses_nothing(settings: Settings) -> None:
     """After kill -9 and a restart, every due record ends delivered; repeats keep their webhook-id."""
     settings = settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
@@ -41,11 +51,7 @@ async def test_kill_9_mid_stream_loses_nothing(settings: Settings) -> None:
     await produce(settings, dues)
     try:
         first = await _start(settings)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while len(receiver.hits) < RECORDS // 4:
-            assert loop.time() < deadline and first.returncode is None, "the dispatcher did not get going"
-            await asyncio.sleep(0.02)
+        await _until_quarter_sent(receiver, first)
         first.send_signal(signal.SIGKILL)
         await first.wait()
         hits_before_restart = len(receiver.hits)
@@ -71,11 +77,7 @@ async def test_sigterm_finishes_in_flight_and_commits(settings: Settings) -> Non
     await produce(settings, dues)
     try:
         first = await _start(settings)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        while len(receiver.hits) < RECORDS // 4:
-            assert loop.time() < deadline and first.returncode is None, "the dispatcher did not get going"
-            await asyncio.sleep(0.02)
+        await _until_quarter_sent(receiver, first)
         first.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(first.wait(), timeout=30) == 0
         stopped_at = len(receiver.hits)
@@ -89,3 +91,28 @@ async def test_sigterm_finishes_in_flight_and_commits(settings: Settings) -> Non
     results = await read_values(settings, settings.topics.results)
     check_results(results)
     assert len(results) == RECORDS and {r["outcome"] for r in results} == {"delivered"}
+
+
+async def test_broker_pause_mid_stream_loses_nothing(settings: Settings, broker: EmbeddedBroker) -> None:
+    """SIGSTOP of the broker for two seconds mid-stream: after SIGCONT every record ends delivered."""
+    settings = settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+    receiver = await ScriptedReceiver({"/slow": slow(0.01)}).start()
+    dues = [due_record(receiver.url("/slow")) for _ in range(RECORDS)]
+    await produce(settings, dues)
+    try:
+        dispatcher = await _start(settings, "--drain", "2")
+        await _until_quarter_sent(receiver, dispatcher)
+        broker.pause()
+        paused_at = len(receiver.hits)
+        try:
+            await asyncio.sleep(2)
+        finally:
+            broker.resume()
+        assert await asyncio.wait_for(dispatcher.wait(), timeout=90) == 0
+    finally:
+        await receiver.stop()
+    assert paused_at < RECORDS
+    results = await read_values(settings, settings.topics.results)
+    check_results(results)
+    final = {d: rs[-1]["outcome"] for d, rs in by_delivery(results).items()}
+    assert all(final.get(d["delivery_id"]) == "delivered" for d in dues)
