@@ -186,3 +186,19 @@ async def test_an_endless_response_is_cut_at_64_kib() -> None:
         await receiver.stop()
     assert attempt.delivered and attempt.http_status == 200
     assert attempt.response_excerpt == "x" * 1024
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [
+        ("https://example.com:99999/x", {}),
+        ("https://exa mple.com/x", {}),
+        ("https://example.com/x", {"X-Bad": "line\r\nInjected: yes"}),
+        ("https://example.com/x", {"Bad Name": "v"}),
+    ],
+)
+def test_malformed_requests_are_invalid_not_crashes(url: str, headers: dict[str, str]) -> None:
+    """A bad port, host, header value or header name makes the delivery `invalid` before sending."""
+    with pytest.raises(RequestRefused) as refused:
+        prepare(due_record(url, headers=headers), allow_http=False)
+    assert refused.value.attempt.failure is FailureKind.INVALID

@@ -226,3 +226,32 @@ async def test_cancelling_the_task_shuts_down_gracefully(settings: Settings) -> 
         await receiver.stop()
     ids = sorted(h.headers["webhook-id"] for h in receiver.hits)
     assert ids == sorted(d["delivery_id"] for d in dues)  # each exactly once
+
+
+async def test_a_record_that_crashes_its_handler_is_not_a_poison_pill(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while handling one record gives it an `invalid` outcome; the rest go on."""
+    from processor.dispatch import outcomes
+
+    receiver = await ScriptedReceiver().start()
+    dues = [due_record(receiver.url("/ok")) for _ in range(5)]
+    doomed = dues[2]["delivery_id"]
+    real_expired = outcomes.expired
+
+    def exploding(topics: Any, due: dict[str, Any], now: int) -> Any:
+        if due["delivery_id"] == doomed:
+            raise RuntimeError("a bug")
+        return real_expired(topics, due, now)
+
+    monkeypatch.setattr(outcomes, "expired", exploding)
+    await produce(settings, dues)
+    try:
+        await _drain(settings)
+    finally:
+        await receiver.stop()
+    results = await read_values(settings, settings.topics.results)
+    check_results(results)
+    final = _final(results)
+    assert final.pop(doomed) == "invalid"
+    assert set(final.values()) == {"delivered"} and len(final) == 4

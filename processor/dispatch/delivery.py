@@ -9,6 +9,7 @@ address inside the connector's resolver (`PolicyResolver`), so DNS cannot slip p
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -31,6 +32,8 @@ from processor.dispatch.retry_policy import FailureKind, classify_status, parse_
 USER_AGENT = c.USER_AGENT_PREFIX + processor.__version__
 # The socket connect may take at most this long, whatever the flow's total timeout.
 CONNECT_TIMEOUT_S = 5.0
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HOST = re.compile(r"[A-Za-z0-9_.-]+")
 
 __all__ = [
     "Attempt",
@@ -104,9 +107,15 @@ def url_refusal(
     url: str, allow_http: bool, allow_networks: tuple[Any, ...]
 ) -> tuple[FailureKind, str] | None:
     """Why a URL is refused before any connection (scheme, IP literal), or None. Cached per URL."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        return FailureKind.INVALID, f"not a valid URL: {exc}"
     if parts.scheme not in ("https", "http") or not parts.hostname:
         return FailureKind.INVALID, f"not an http(s) URL: {parts.scheme}://{parts.hostname}"
+    if address_policy.parse_ip(parts.hostname) is None and not _valid_host(parts.hostname):
+        return FailureKind.INVALID, f"not a valid host name: {parts.hostname!r}"
     if parts.scheme == "http" and not allow_http:
         return FailureKind.BLOCKED, "http is not allowed (https only; see FLOWHOOK_ALLOW_HTTP)"
     literal = address_policy.parse_ip(parts.hostname)
@@ -115,6 +124,21 @@ def url_refusal(
         if reason:
             return FailureKind.BLOCKED, reason
     return None
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ascii_host = host.encode("idna").decode()
+    except UnicodeError:
+        return False
+    return bool(_HOST.fullmatch(ascii_host))
+
+
+def _check_header(name: str, value: str) -> None:
+    if not _TOKEN.fullmatch(name):
+        raise _refuse(FailureKind.INVALID, f"header name {name!r} is not a valid HTTP token")
+    if any(ch in value for ch in "\r\n\x00"):
+        raise _refuse(FailureKind.INVALID, f"header {name} has a line break or NUL in its value")
 
 
 def _flow_headers(request: Mapping[str, Any], env: Mapping[str, str] | None) -> tuple[dict[str, str], list]:
@@ -126,6 +150,8 @@ def _flow_headers(request: Mapping[str, Any], env: Mapping[str, str] | None) -> 
         names = secret_store.secret_names(template)
         headers[name] = secret_store.resolve_template(template, env)
         values.extend(secret_store.secret_value(n, env) for n in names)
+    for name, value in headers.items():
+        _check_header(name, value)
     return headers, values
 
 

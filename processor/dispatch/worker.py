@@ -170,11 +170,16 @@ class Dispatcher:
             due, reason = decode(record)
             if due is None:
                 return [outcomes.invalid_input(self.topics, record, reason or "unusable")]
-        return (
-            outcomes.for_mode(self.topics, due)
-            or outcomes.expired(self.topics, due, now_ms())
-            or await self._attempt_outputs(due, window)
-        )
+        try:
+            return (
+                outcomes.for_mode(self.topics, due)
+                or outcomes.expired(self.topics, due, now_ms())
+                or await self._attempt_outputs(due, window)
+            )
+        except Exception as exc:  # a bug must not turn one record into a crash loop (poison pill)
+            log.exception("delivery_crashed", delivery_id=due["delivery_id"])
+            error = f"internal error: {type(exc).__name__}"  # the type only: a message might hold a secret
+            return [outcomes.result_output(self.topics, due, "invalid", error=error)]
 
     async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
         """Rate limit, then a destination slot, then the breaker, then an in-flight slot, then send.
