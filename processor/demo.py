@@ -25,6 +25,7 @@ from processor.kafka import ensure_topics, read_records
 from processor.logs import configure
 from processor.receiver import Receiver, describe, start_receiver
 from processor.records import TERMINAL_OUTCOMES
+from processor.resources import shipped_dir
 from processor.results import summarize
 from processor.sending import produce_lines, read_lines
 from processor.settings import Settings
@@ -42,15 +43,6 @@ QUIET_FOR_S = 3.0
 SHOWN_REQUESTS = 3
 
 
-def examples_dir() -> Path:
-    """examples/ of the source tree, or the copy packed into the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "examples", here / "_examples"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("the examples folder is missing from this installation")
-
-
 def run_demo(events_file: Path | None = None, timeout_s: float = 90.0) -> int:
     """Run the demo; 0 when every due webhook reached an outcome in time, else 1."""
     configure("console", "warning")
@@ -60,7 +52,7 @@ def run_demo(events_file: Path | None = None, timeout_s: float = 90.0) -> int:
         console.print("[bold]Flowhook demo[/bold]: starting the embedded broker …")
         with EmbeddedBroker(log_file=workdir / "broker.log") as broker:
             settings = demo_settings(broker.bootstrap, workdir)
-            events = events_file or examples_dir() / "events.jsonl"
+            events = events_file or shipped_dir("examples") / "events.jsonl"
             return asyncio.run(_demo(settings, workdir, events, timeout_s, console))
 
 
@@ -107,7 +99,7 @@ async def _demo(settings: Settings, workdir: Path, events: Path, timeout_s: floa
 
 async def apply_examples(settings: Settings, receiver_base: str) -> list[str]:
     """Publish every example flow, its receiver URLs pointed at this demo's receiver."""
-    paths = sorted((examples_dir() / "flows").glob("*.yaml"))
+    paths = sorted((shipped_dir("examples") / "flows").glob("*.yaml"))
     definitions = [(_rebase_urls(read_definition(path), receiver_base), str(path)) for path in paths]
     return await apply_definitions(settings, definitions)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 from functools import cache
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -18,24 +17,16 @@ import orjson
 
 from processor import constants as c
 from processor.clock import iso, now_ms
+from processor.resources import shipped_dir
 
 SchemaName = Literal["event", "profile", "flow", "webhook", "result", "invalid"]
 Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid"]
 TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid"})
 
 
-def schema_dir() -> Path:
-    """schemas/ of the source tree, or the copy packed into the wheel."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "schemas", here / "_schemas"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError("the schemas folder is missing from this installation")
-
-
 @cache
 def schema(name: SchemaName) -> dict[str, Any]:
-    return orjson.loads((schema_dir() / f"{name}.schema.json").read_bytes())
+    return orjson.loads((shipped_dir("schemas") / f"{name}.schema.json").read_bytes())
 
 
 @cache
