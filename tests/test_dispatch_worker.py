@@ -255,3 +255,28 @@ async def test_a_record_that_crashes_its_handler_is_not_a_poison_pill(
     final = _final(results)
     assert final.pop(doomed) == "invalid"
     assert set(final.values()) == {"delivered"} and len(final) == 4
+
+
+async def test_per_destination_limit_caps_concurrent_requests(settings: Settings) -> None:
+    """With per_destination 3, one receiver never has more than three requests open at once."""
+    from aiohttp import web
+
+    open_now, peak = 0, 0
+
+    async def counting(request: web.Request, seen: int) -> web.StreamResponse:
+        nonlocal open_now, peak
+        open_now += 1
+        peak = max(peak, open_now)
+        try:
+            await asyncio.sleep(0.03)
+            return web.json_response({"ok": True})
+        finally:
+            open_now -= 1
+
+    receiver = await ScriptedReceiver({"/c": counting}).start()
+    await produce(settings, [due_record(receiver.url("/c")) for _ in range(60)])
+    try:
+        await _drain(settings, concurrency=32, per_destination=3)
+    finally:
+        await receiver.stop()
+    assert len(receiver.hits) == 60 and peak == 3
