@@ -194,7 +194,9 @@ class Dispatcher:
             )
         except RequestRefused as refused:
             return outcomes.after_attempt(self.topics, due, refused.attempt, self.rng)
-        await self.rate_limits.acquire(prepared.destination, due["options"].get("rate_limit"))
+        rate = due["options"].get("rate_limit")
+        if rate:
+            await self.rate_limits.acquire(prepared.destination, rate)
         async with self._slots(prepared.destination):
             breaker = self.breakers.get(prepared.destination)
             if not breaker.allow(now_ms()):
@@ -225,7 +227,10 @@ class Dispatcher:
         """Produce the outputs and wait until the broker has acknowledged every one."""
         assert self.producer is not None
         acks = [await self.producer.send(o.topic, o.value, key=o.key) for o in outputs]
-        await asyncio.gather(*acks)
+        if len(acks) == 1:
+            await acks[0]  # the common case: one result record, no gathering future needed
+        else:
+            await asyncio.gather(*acks)
 
     def retry_produced(self, outputs: list[Output]) -> None:
         for output in outputs:
