@@ -80,6 +80,13 @@ _FILTER_ARG = re.compile(
     rf"(?P<str>{_STRING})|\|\s*(?P<name>\w+)\s*:\s*(?P<arg>{_STRING}|-?\d+(?:\.\d+)?|[A-Za-z_][\w.]*)"
 )
 _LONE_TAG = re.compile(r"^\s*\{\{((?:(?!\}\}|\{\{).)*)\}\}\s*$", re.DOTALL)
+# A lone tag that only reads a variable: `event.OrderId`, `person.email`,
+# `event|lookup('$value')` (after `translate_expression`). No backslashes in the string, so
+# its text is the key as Jinja would read it.
+_SIMPLE_PATH = re.compile(
+    r"^(?P<root>event|person|flow)(?P<attrs>(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
+    r"(?:\s*\|\s*lookup\s*\(\s*(?:'(?P<sq>[^'\\]*)'|\"(?P<dq>[^\"\\]*)\")\s*\))?$"
+)
 
 
 def _filter_call(match: re.Match[str]) -> str:
@@ -187,6 +194,43 @@ ENV: Final = _make_environment()
 # --- compiling and rendering -----------------------------------------------------------
 
 
+_NO_PATH: Final = object()  # a variable the fast path cannot see: ask Jinja
+
+
+@dataclass(frozen=True)
+class SimplePath:
+    """A lone tag that only reads a variable (`event.OrderId`, `person|lookup('$x')`).
+
+    Read without Jinja: each step goes through the same `FlowEnvironment` lookups (and
+    budget ticks) that the compiled expression makes, so the value is identical; only
+    Jinja's per-call context set-up is skipped.
+    """
+
+    root: str
+    attrs: tuple[str, ...]
+    lookup: str | None
+
+    def read(self, variables: Mapping[str, Any]) -> Any:
+        value = variables.get(self.root, _NO_PATH)
+        if value is _NO_PATH:
+            return _NO_PATH
+        for name in self.attrs:
+            value = ENV.getattr(value, name)
+        if self.lookup is not None:
+            value = template_filters.f_lookup(ENV, value, self.lookup)
+        return value
+
+
+def simple_path(expression: str) -> SimplePath | None:
+    """The SimplePath of a (translated) lone expression, or None when Jinja must run it."""
+    match = _SIMPLE_PATH.match(expression)
+    if match is None:
+        return None
+    attrs = tuple(a.strip() for a in match.group("attrs").split(".")[1:])
+    key = match.group("sq") if match.group("sq") is not None else match.group("dq")
+    return SimplePath(match.group("root"), attrs, key)
+
+
 @dataclass(frozen=True)
 class Compiled:
     """One string leaf: literal text, a lone expression (keeps its type), or a text template."""
@@ -194,11 +238,19 @@ class Compiled:
     source: str
     template: Template | None = None
     expression: Any = None  # jinja2 TemplateExpression
+    path: SimplePath | None = None  # set when the lone expression only reads a variable
+
+    def _evaluate(self, variables: Mapping[str, Any]) -> Any:
+        if self.path is not None:
+            value = self.path.read(variables)
+            if value is not _NO_PATH:
+                return value
+        return self.expression(**variables)
 
     def render_value(self, variables: Mapping[str, Any]) -> Any:
         """The leaf as JSON data: a lone tag keeps its value's type; missing -> ""."""
         if self.expression is not None:
-            value = self.expression(**variables)
+            value = self._evaluate(variables)
             return "" if isinstance(value, Undefined) else to_json_value(value)
         return self.render_text(variables)
 
@@ -206,7 +258,7 @@ class Compiled:
         """The leaf as text."""
         if self.template is None:
             if self.expression is not None:
-                return text(self.expression(**variables))
+                return text(self._evaluate(variables))
             return self.source
         budget = current_budget()
         parts = []
@@ -224,8 +276,9 @@ def compile_leaf(source: str, *, typed: bool = True) -> Compiled:
     expression = lone_expression(source) if typed else None
     try:
         if expression is not None:
-            return Compiled(source, expression=ENV.compile_expression(translate_expression(expression),
-                                                                       undefined_to_none=False))
+            translated = translate_expression(expression)
+            compiled = ENV.compile_expression(translated, undefined_to_none=False)
+            return Compiled(source, expression=compiled, path=simple_path(translated))
         return Compiled(source, template=ENV.from_string(translate(source)))
     except TemplateError as exc:
         raise TemplateProblem(_syntax_message(exc)) from None

@@ -1,0 +1,121 @@
+"""Fast paths of the hot path give exactly what the general path gives."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from processor.flows import templates as t
+from processor.flows import values
+
+EVENT: dict[str, Any] = {
+    "id": "evt_1",
+    "metric": "Placed Order",
+    "time": "2026-11-27T10:00:00.000Z",
+    "properties": {
+        "OrderId": "1001",
+        "$value": 129.5,
+        "Items": [{"sku": "A1", "qty": 2}, {"sku": "B7", "qty": 1}],
+        "Nested": {"deep": {"x": None}, "flag": True},
+        "with space": 7,
+        "nan": float("nan"),
+        "big": 2**70,
+    },
+}
+PROFILE: dict[str, Any] = {
+    "id": "p_1",
+    "email": "a@example.com",
+    "first_name": "Ann",
+    "properties": {"address": "1 Main St", "$city": "Oslo", "tags": ["x", "y"], "empty": ""},
+}
+SIMPLE = [
+    "{{ event.OrderId }}",
+    "{{event.OrderId}}",
+    "  {{ event . Items }}  ",
+    "{{ event.Nested }}",
+    "{{ event.Nested.deep }}",
+    "{{ event.Nested.deep.x }}",
+    "{{ event.Nested.flag }}",
+    "{{ event.missing }}",
+    "{{ event.missing.deeper }}",
+    "{{ event.nan }}",
+    "{{ event.big }}",
+    "{{ event }}",
+    "{{ person }}",
+    "{{ person.email }}",
+    "{{ person.address }}",
+    "{{ person.city }}",
+    "{{ person.tags }}",
+    "{{ person.empty }}",
+    "{{ person.nothing }}",
+    "{{ flow.id }}",
+    "{{ flow.name }}",
+    "{{ flow.other }}",
+    "{{ event|lookup:'$value' }}",
+    '{{ event|lookup:"with space" }}',
+    "{{ event|lookup:'$event_id' }}",
+    "{{ event|lookup:'$time' }}",
+    "{{ event|lookup:'metric' }}",
+    "{{ event|lookup:'absent' }}",
+    "{{ event.missing|lookup:'x' }}",
+    "{{ event.Nested|lookup:'flag' }}",
+    "{{ person|lookup:'$email' }}",
+    "{{ person|lookup:'$city' }}",
+    "{{ event.Items|lookup:'0' }}",
+]
+NOT_SIMPLE = [
+    "{{ event.OrderId|upper }}",
+    "{{ person.email|default:'x' }}",
+    "{{ event.Items[0] }}",
+    "{{ event.Items.0 }}",
+    "{{ event|lookup:'a\\'b' }}",
+    "{{ secrets.X }}",
+    "{{ other.x }}",
+    "{{ event.OrderId ~ 'x' }}",
+]
+
+
+def _variables() -> dict[str, Any]:
+    return t.variables_for(event=EVENT, profile=PROFILE, flow_id="f1", flow_name="Flow one")
+
+
+def _both(source: str, how: str) -> tuple[Any, Any, int, int]:
+    """(fast result, Jinja result, fast budget steps left, Jinja budget steps left)."""
+    fast = t.compile_leaf(source)
+    slow = dataclasses.replace(fast, path=None)
+    results = []
+    for leaf in (fast, slow):
+        token = values.new_budget()
+        try:
+            results.append(getattr(leaf, how)(_variables()))
+            steps = values.current_budget().steps  # type: ignore[union-attr]
+        finally:
+            values.end_budget(token)
+        results.append(steps)
+    return results[0], results[2], results[1], results[3]
+
+
+@pytest.mark.parametrize("source", SIMPLE)
+@pytest.mark.parametrize("how", ["render_value", "render_text"])
+def test_simple_tags_skip_jinja_and_match_it(source: str, how: str) -> None:
+    assert t.compile_leaf(source).path is not None
+    fast, slow, fast_steps, slow_steps = _both(source, how)
+    assert repr(fast) == repr(slow)  # repr: NaN and types compare too
+    assert fast_steps == slow_steps
+
+
+@pytest.mark.parametrize("source", NOT_SIMPLE)
+def test_other_tags_still_go_through_jinja(source: str) -> None:
+    try:
+        leaf = t.compile_leaf(source)
+    except t.TemplateProblem:
+        return  # not a template at all: nothing to take a fast path
+    assert leaf.path is None
+
+
+def test_a_variable_the_caller_did_not_pass_falls_back_to_jinja() -> None:
+    leaf = t.compile_leaf("{{ event.OrderId }}")
+    assert leaf.path is not None
+    assert leaf.render_value({"person": {}, "flow": {}}) == ""
