@@ -57,7 +57,7 @@ from processor.dispatch.outcomes import Output
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
-from processor.kafka import ensure_topics, make_producer
+from processor.kafka import ensure_topics, make_producer, wait_for_broker
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -67,7 +67,8 @@ __all__ = ["Dispatcher", "DispatcherError", "DispatcherOptions", "PartitionOffse
 
 
 class DispatcherError(FlowhookError):
-    """The dispatcher stopped because an outcome could not be written; nothing was committed past it."""
+    """The dispatcher cannot reach Kafka, or stopped because an outcome could not be written
+    (nothing was committed past it, so a restart re-delivers)."""
 
 
 @dataclass(frozen=True)
@@ -511,7 +512,11 @@ async def run_dispatcher(
     core = Dispatcher(settings, options)
     if handle_signals:
         _install_signal_handlers(core.stop_event)
-    await ensure_topics(settings)
+    try:
+        await wait_for_broker(settings, wait_s=30)
+        await ensure_topics(settings)
+    except (TimeoutError, KafkaError, OSError) as exc:
+        raise DispatcherError(f"cannot reach Kafka at {settings.brokers}: {exc}") from exc
     core.session = make_session(
         allow_networks=settings.allow_networks,
         concurrency=2 * options.concurrency,
