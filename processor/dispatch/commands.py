@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
-from collections.abc import Coroutine
-from typing import Any
 
 import click
 
 from processor import constants as c
-
-
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run on uvloop when available. (asyncio.run has no loop_factory before Python 3.12;
-    asyncio.Runner has it from 3.11, so it is used here.)"""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
 
 
 def _tune_gc() -> None:
@@ -61,12 +47,12 @@ def dispatcher(
     brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
-    from processor.cli import load_settings
+    from processor.cli import load_settings, run_async
     from processor.dispatch.worker import run_dispatcher
 
     settings = load_settings(brokers=brokers)
     _tune_gc()
-    _run(
+    run_async(
         run_dispatcher(
             settings,
             concurrency=concurrency,
@@ -93,7 +79,7 @@ def replay(
     brokers: str | None, flow_id: str | None, since: str | None, until: str | None, idle: float
 ) -> None:
     """Send dead deliveries again, as fresh attempts with their original webhook-id."""
-    from processor.cli import load_settings
+    from processor.cli import load_settings, run_async
     from processor.dispatch.replay import ReplayFilter, parse_time, replay_dead
 
     try:
@@ -106,7 +92,7 @@ def replay(
     async def main() -> None:
         counts.update(await replay_dead(settings, selection, idle_s=idle))
 
-    _run(main())
+    run_async(main())
     click.echo(
         f"replayed {counts.get('replayed', 0)} dead deliveries "
         f"({counts.get('skipped', 0)} skipped: outside the filter or delivered since)",
