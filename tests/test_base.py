@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
+from jsonschema import Draft202012Validator
 
 from processor import records
 from processor.clock import iso, parse_iso_ms
 from processor.durations import DurationError, format_duration_ms, parse_duration_ms
 from processor.errors import ConfigError
 from processor.kafka import ensure_topics, make_producer, read_records, topic_plan
+from processor.resources import shipped_dir
 from processor.settings import Settings, parse_networks
 
 
@@ -86,3 +91,21 @@ async def test_broker_round_trip(settings: Settings) -> None:
         await producer.stop()
     seen = [r.value async for r in read_records(settings, settings.topics.events, idle_s=1.0)]
     assert sorted(seen) == sorted(b"v%d" % i for i in range(10))
+
+
+@pytest.mark.parametrize("path", sorted(shipped_dir("schemas").glob("*.schema.json")), ids=lambda p: p.name)
+def test_every_schema_is_valid_2020_12(path: Path) -> None:
+    """Every shipped schema is itself a valid JSON Schema 2020-12 document."""
+    document = orjson.loads(path.read_bytes())
+    assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    Draft202012Validator.check_schema(document)
+
+
+def test_event_schema_accepts_the_spec_example_and_refuses_a_profile_without_identity() -> None:
+    """SPEC.md's example event is valid; a profile with neither id nor email is not."""
+    event = {"id": "evt_01", "metric": "Placed Order", "time": "2026-11-27T10:00:00Z",
+             "profile": {"id": "p_42", "email": "shah@example.com", "first_name": "Shah",
+                         "properties": {"address": "1 Main St"}},
+             "properties": {"OrderId": "1001", "$value": 129.5, "Items": [{"sku": "A1", "qty": 2}]}}
+    assert records.validation_error("event", event) is None
+    assert records.validation_error("event", {**event, "profile": {"first_name": "x"}}) is not None

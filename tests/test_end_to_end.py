@@ -41,6 +41,18 @@ def order_flow(port: int) -> dict[str, Any]:
     }
 
 
+def delayed_flow(port: int) -> dict[str, Any]:
+    return {
+        "id": "e2e-checkout",
+        "name": "Started Checkout → wait → receiver",
+        "status": "live",
+        "trigger": {"metric": "Started Checkout"},
+        "steps": [{"delay": "1s"},
+                  {"webhook": {"id": "nudge", "url": f"http://127.0.0.1:{port}/nudge",
+                               "body": {"email": "{{ person.email|default:'none' }}"}}}],
+    }
+
+
 def event(n: int, value: float) -> dict[str, Any]:
     return {"id": f"evt_{n}", "metric": "Placed Order", "time": "2026-11-27T10:00:00Z",
             "profile": {"id": f"p_{n % 7}", "first_name": f"Name{n}"},
@@ -77,17 +89,21 @@ async def test_placed_order_reaches_receiver_signed_and_delivered(settings: Sett
     workers = []
     try:
         await ensure_topics(settings)
-        await apply_definitions(settings, [(order_flow(port), "e2e")])
+        await apply_definitions(settings, [(order_flow(port), "e2e"), (delayed_flow(port), "e2e")])
         workers = [WorkerProcess(role, settings, tmp_path / f"{role}.log", env=SECRETS).start()
                    for role in ("processor", "dispatcher")]
         matching = [event(n, 60.0 + n) for n in range(12)]
         below = [event(100 + n, 10.0) for n in range(3)]
-        values = [orjson.dumps(e) for e in matching + below] + [b"{not json"]
-        keys = [e["profile"]["id"].encode() for e in matching + below] + [b"p_bad"]
+        checkout = {**event(200, 75.0), "metric": "Started Checkout"}
+        values = [orjson.dumps(e) for e in [*matching, *below, checkout]] + [b"{not json"]
+        keys = [e["profile"]["id"].encode() for e in [*matching, *below, checkout]] + [b"p_bad"]
         await produce(settings, settings.topics.events, values, keys)
 
-        delivered = await collect(settings, settings.topics.results, len(matching), 90,
+        delivered = await collect(settings, settings.topics.results, len(matching) + 1, 90,
                                   lambda r: r.get("outcome") == "delivered")
+        nudged = [r for r in delivered if r["flow_id"] == "e2e-checkout"]
+        delivered = [r for r in delivered if r["flow_id"] == "e2e-orders"]
+        assert [r["event_id"] for r in nudged] == ["evt_200"]
         for worker in workers:
             assert worker.alive, worker.tail()
         assert len({r["delivery_id"] for r in delivered}) == len(matching)
@@ -98,6 +114,13 @@ async def test_placed_order_reaches_receiver_signed_and_delivered(settings: Sett
         assert all(r["destination"] == f"http://127.0.0.1:{port}/orders" for r in delivered)
         dues = await collect(settings, settings.topics.webhooks, 10_000, 2)
         assert all(records.validation_error("webhook", d) is None for d in dues)
+        wakeups = await collect(settings, settings.topics.wakeups, 10_000, 2)
+        assert wakeups and all(records.validation_error("wakeup", w) is None for w in wakeups)
+        flow_records = await collect(settings, settings.topics.flows, 2, 5)
+        assert {f["id"] for f in flow_records} == {"e2e-orders", "e2e-checkout"}
+        for flow_record in flow_records:
+            assert records.validation_error("flow-record", flow_record) is None
+            assert records.validation_error("flow", flow_record["definition"]) is None
         assert b"tok-e2e-123" not in orjson.dumps(results + dues)  # secrets never reach a topic
 
         verifier = Webhook(SIGNING_SECRET)
