@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 
 from processor import records
 from processor.errors import InputError
-from processor.kafka import read_records
+from processor.kafka import make_producer, read_records
 from processor.receiver import Receiver, start_receiver
 from processor.results import percentile, summarize
 from processor.sending import produce_lines, profile_key, read_lines
@@ -133,3 +135,30 @@ async def test_receiver_fails_first_try_of_chosen_share_only() -> None:
         assert statuses == [503, 200] and receiver.by_path["/x"] == 2
     finally:
         await runner.cleanup()
+
+
+def run_cli(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **settings.as_env(), "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "processor", *args], capture_output=True, text=True,
+                          timeout=90, env=env)
+
+
+async def test_cli_send_then_results_filter_and_summary(settings: Settings, tmp_path: Path) -> None:
+    """`send` produces a file; `results --flow` prints only that flow's records; `--summary` tabulates."""
+    events = write_lines(tmp_path / "e.jsonl", *[{**EVENT, "id": f"evt_{i}"} for i in range(5)])
+    sent = await asyncio.to_thread(run_cli, settings, "send", str(events), "--rate", "500")
+    assert sent.returncode == 0 and "sent 5 records" in sent.stderr
+    outcomes = [delivery("delivered", delivery_id=f"d{i}") for i in range(3)]
+    outcomes.append({**delivery("failed", delivery_id="x"), "flow_id": "other"})
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        for value in outcomes:
+            await producer.send_and_wait(settings.topics.results, orjson.dumps(value))
+    finally:
+        await producer.stop()
+    listed = await asyncio.to_thread(run_cli, settings, "results", "--flow", "f", "--idle", "1")
+    assert listed.returncode == 0
+    assert sorted(orjson.loads(line)["delivery_id"] for line in listed.stdout.splitlines()) == ["d0", "d1", "d2"]
+    summary = await asyncio.to_thread(run_cli, settings, "results", "--summary", "--idle", "1")
+    assert summary.returncode == 0 and "delivered" in summary.stdout and "other" in summary.stdout
