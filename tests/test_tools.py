@@ -159,6 +159,7 @@ async def test_cli_send_then_results_filter_and_summary(settings: Settings, tmp_
         await producer.stop()
     listed = await asyncio.to_thread(run_cli, settings, "results", "--flow", "f", "--idle", "1")
     assert listed.returncode == 0
-    assert sorted(orjson.loads(line)["delivery_id"] for line in listed.stdout.splitlines()) == ["d0", "d1", "d2"]
+    listed_ids = sorted(orjson.loads(line)["delivery_id"] for line in listed.stdout.splitlines())
+    assert listed_ids == ["d0", "d1", "d2"]
     summary = await asyncio.to_thread(run_cli, settings, "results", "--summary", "--idle", "1")
     assert summary.returncode == 0 and "delivered" in summary.stdout and "other" in summary.stdout
