@@ -1,14 +1,19 @@
 """The Faust edge of the engine: app, table, agent, wake-up timer, flow registry consumer.
 
-All semantics live in `engine.core`; this module moves bytes. Per input record the agent:
-1. decodes and checks it (refused records are copied to the invalid-input topic);
-2. loads the profile's state from the table and runs `core.handle`;
-3. hands the outputs (webhook-due records, run results) to the producer;
-4. writes the new state to the table (Faust sends it to the changelog);
-5. tells the due index when the profile falls due next.
-Faust flushes the producer before it commits offsets, so every output of a committed
-record is on Kafka; outputs of records after the last commit are produced again when
-the records are read again (see the outbox in `core.handle`).
+All semantics live in `engine.core` (one record) and `engine.batch` (a batch of records);
+this module moves bytes. Per batch of input records (what Faust buffered, see BATCH_MAX)
+the agent:
+1. decodes, checks and handles each record in order (`batch.process_batch`: the profile's
+   state is read from the table once per batch; refused records are copied to the
+   invalid-input topic);
+2. writes each changed profile's final state to the local store, once per batch;
+3. queues the outputs (webhook-due records, run results) and the changelog records with
+   Faust's aiokafka producer, one producer batch per topic partition (`engine.outbound`);
+4. tells the due index when each profile touched falls due next.
+Faust acks the batch's records after that, and flushes the producer before it commits
+offsets, so every output of a committed record is on Kafka; outputs of records after the
+last commit are produced again when the records are read again (see the outbox in
+`core.handle`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,17 +29,18 @@ from typing import Any, Final
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from faust.streams import _current_event
 from faust.types import TP
 
-from processor import records
 from processor.clock import iso, now_ms
-from processor.engine.core import Output, RecordKind, drop_committed, handle, unscheduled_dates
+from processor.engine.batch import Input, Topics, Write, process_batch
+from processor.engine.core import RecordKind, unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
-from processor.engine.inputs import Refused, decode
+from processor.engine.outbound import Outbound
 from processor.engine.registry import FlowRegistry
-from processor.engine.state import ProfileState, due_of, dumps, loads
+from processor.engine.state import due_of
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
 from processor.kafka import ensure_topics, make_reader, wait_for_broker
@@ -48,6 +55,11 @@ DUE_TICK_S: Final = 0.1
 # wake-up topic (and the agent) faster than it drains: about 2,000 profiles a second.
 WAKEUPS_PER_TICK: Final = 200
 CATCH_UP_IDLE_MS: Final = 300
+# Records are handled in batches of up to BATCH_MAX, or what arrived within BATCH_WITHIN_S:
+# one table write per profile and one producer batch per topic partition per batch. The
+# wait bounds the latency it adds when records trickle in.
+BATCH_MAX: Final = 1000
+BATCH_WITHIN_S: Final = 0.01
 
 
 class EngineCrashed(FlowhookError):
@@ -93,7 +105,13 @@ class Engine:
             self.topics.profiles: "profile",
             self.topics.wakeups: "wakeup",
         }
-        self._out_topics = {"webhook": self.topics.webhooks, "result": self.topics.results}
+        self._batch_topics = Topics(
+            kinds=self._kinds,
+            outputs={"webhook": self.topics.webhooks, "result": self.topics.results},
+            invalid=self.topics.events_invalid,
+        )
+        self._keyed_topics = [self.topics.webhooks, self.topics.results]
+        self.outbound = Outbound(on_failure=self._on_send_failed)
         self.processed = 0
         self.failure: BaseException | None = None
         self.ready = False  # set once the table has been recovered after an assignment
@@ -133,70 +151,82 @@ class Engine:
 
     async def _agent(self, stream: Any) -> None:
         try:
-            async for event in stream.events():
-                await self.on_message(event.message)
+            # Faust acks a batch's records only after this loop body has run for it.
+            async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+                await self.on_batch(events)
         except Exception as exc:
             # A table or producer failure: stop the worker (see `_wait`) rather than keep a
             # member in the group that holds partitions and processes nothing.
             self.failure = exc
             raise
 
-    async def on_message(self, message: Any) -> None:
-        """Handle one input record. Bad input is copied aside, never raised; a failing table
-        or producer raises, so the worker stops and the record is read again after a restart."""
-        kind = self._kinds[message.topic]
-        try:
-            record, profile_id = decode(kind, message.value)
-        except Refused as exc:
-            await self._refuse(message, str(exc))
-            return
-        key = profile_id.encode()
-        raw = self.table.get(key)
-        state = loads(raw) if raw is not None else ProfileState(profile_id)
-        state.partition = message.partition
-        if state.outbox:
-            drop_committed(state, self._committed)
-        src = f"{message.topic}:{message.partition}:{message.offset}"
-        try:
-            outcome = handle(state, kind, record, self.flows, self.clock(), src)
-        except Exception as exc:  # a record the core cannot handle must not stop the worker
-            log.exception("record_failed", topic=message.topic, offset=message.offset)
-            await self._refuse(message, f"engine error: {type(exc).__name__}: {exc}")
-            return
-        for output in outcome.outputs:
-            await self._produce(output)
-        if outcome.changed or raw is None:
-            self.table[key] = dumps(outcome.state)
-        due = outcome.state.next_due()
-        if due is None:
-            self.due.set(profile_id, None, message.partition)
-        else:
-            self.due.set(profile_id, due[0], message.partition, due[1])
-        self.processed += 1
+    async def on_batch(self, events: list[Any]) -> None:
+        """Handle a batch of input records (Faust events). Bad input is copied aside, never
+        raised; a failing table or producer raises, so the worker stops and the records are
+        read again after a restart."""
+        inputs = [_input(event) for event in events]
+        result = process_batch(
+            inputs, topics=self._batch_topics, flows=self.flows, load=self._load,
+            clock=self.clock, committed=self._committed,
+        )
+        producer = self._kafka_producer()
+        await self.outbound.prepare(producer, self._keyed_topics)
+        for record in result.produce:
+            if record.topic == self.topics.events_invalid:  # rare; its key may be missing
+                await self.app.producer.send(record.topic, record.key, record.value, None, None, None)
+            else:
+                self.outbound.add(record.topic, record.key, record.value, record.partition)
+        changelog = self._changelog_topic()
+        for write in result.writes:
+            self._store(write)
+            self.outbound.add(changelog, write.key, write.value, write.partition)
+        await self.outbound.send(producer, self._on_acked)
+        for profile_id, partition, due in result.due:
+            if due is None:
+                self.due.set(profile_id, None, partition)
+            else:
+                self.due.set(profile_id, due[0], partition, due[1])
+        self.processed += result.handled
+
+    def _load(self, key: bytes, item: Input) -> bytes | None:
+        # The RocksDB store finds a key's partition database through Faust's current event.
+        _current_event.set(weakref.ref(item.ref))
+        raw: bytes | None = self.table.get(key)
+        return raw
+
+    def _store(self, write: Write) -> None:
+        """Write a profile's state to the local store only; its changelog record goes out with
+        the batch's outputs (Faust's own path would send one FutureMessage per write)."""
+        _current_event.set(weakref.ref(write.ref))
+        self.table.data[write.key] = write.value
+
+    def _on_acked(self, topic: str, partition: int, base_offset: int, count: int) -> None:
+        """What Faust's `_on_changelog_sent` does: remember how far the changelog is in the
+        store (RocksDB reads the changelog from there on recovery). The batch's first offset,
+        not its last: reading a few records again is harmless, skipping one would not be."""
+        if topic == self._changelog_topic():
+            self.table.data.set_persisted_offset(TP(topic, partition), base_offset)
+
+    def _on_send_failed(self, exc: BaseException) -> None:
+        # The producer gave up on a batch: stop before more offsets are committed.
+        log.error("produce_failed", error=repr(exc))
+        if self.failure is None:
+            self.failure = exc
+
+    def _kafka_producer(self) -> AIOKafkaProducer:
+        """The aiokafka producer inside Faust's: the one Faust flushes before committing."""
+        producer: AIOKafkaProducer = self.app.producer._ensure_producer()
+        return producer
+
+    def _changelog_topic(self) -> str:
+        topic: str = self.table.changelog_topic.get_topic_name()
+        return topic
 
     def _committed(self, topic: str, partition: int) -> int | None:
         # Faust keeps the offsets it committed in a private mapping; without it (another
         # Faust version) outbox entries simply live until their size and age bounds.
         offsets = getattr(self.app.consumer, "_committed_offset", None) or {}
         return offsets.get(TP(topic, partition))
-
-    async def _produce(self, output: Output) -> None:
-        topic = self._out_topics[output.kind]
-        await self.app.producer.send(topic, output.key.encode(), orjson.dumps(output.value), None, None, None)
-
-    async def _refuse(self, message: Any, reason: str) -> None:
-        value = records.invalid_input(
-            source_topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            reason=reason,
-        )
-        log.warning("input_refused", topic=message.topic, offset=message.offset, reason=reason[:200])
-        await self.app.producer.send(
-            self.topics.events_invalid, message.key, orjson.dumps(value), None, None, None
-        )
 
     # --- wake-ups -------------------------------------------------------------------
 
@@ -295,6 +325,11 @@ async def _read_tail(reader: AIOKafkaConsumer, table: EngineTable, active_tps: s
             applied += len(events)
             idle_since = time.monotonic()
     return applied
+
+
+def _input(event: Any) -> Input:
+    message = event.message
+    return Input(message.topic, message.partition, message.offset, message.key, message.value, event)
 
 
 def _kafka_tp(tp: TP) -> Any:

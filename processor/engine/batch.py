@@ -1,0 +1,179 @@
+"""A batch of input records through the core, with one table write per profile.
+
+Pure (no Kafka): `engine.app` hands over the records Faust buffered, with a way to read the
+table; it gets back, in input order, the records to produce, then the new state of every
+profile the batch changed, and the profiles' next due times. Handling is record by record
+exactly as before (`core.handle` per record, same clock per record, same outbox
+positions); only the table writes are coalesced: a profile touched by several records of
+the batch is written once, with its final state, after the batch's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from processor import records
+from processor.engine.core import RecordKind, drop_committed, handle
+from processor.engine.flowset import FlowSet
+from processor.engine.inputs import Refused, decode
+from processor.engine.state import ProfileState, dumps, loads
+from processor.logs import get_logger
+
+log = get_logger(__name__)
+
+# (topic, partition) -> the committed offset (the next one to read), or None
+Committed = Callable[[str, int], int | None]
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input record as the batch needs it (Faust's message, without Faust)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    ref: Any = None  # the caller's handle on the record (the Faust event), passed to `load`
+
+
+@dataclass
+class Produce:
+    """A record to produce: `partition` None means by key."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    partition: int | None = None
+
+
+@dataclass
+class Write:
+    """A profile's final state after the batch: to the table, on the input partition."""
+
+    key: bytes
+    partition: int
+    value: bytes
+    ref: Any  # the last input of this profile (its Faust event: the store picks the partition by it)
+
+
+@dataclass
+class BatchResult:
+    produce: list[Produce] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
+    # (profile id, partition, (due ms, reason) | None) for every profile the batch touched
+    due: list[tuple[str, int, tuple[int, str] | None]] = field(default_factory=list)
+    handled: int = 0
+
+
+@dataclass
+class _Slot:
+    """A profile's state while the batch runs."""
+
+    state: ProfileState
+    dirty: bool  # the table needs a write at the end of the batch
+    touched: bool  # a record of the batch has been handled with this state already
+    last: Input
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Where a batch's records come from and go to."""
+
+    kinds: dict[str, RecordKind]  # input topic -> record kind
+    outputs: dict[str, str]  # output kind ("webhook", "result") -> topic
+    invalid: str
+
+
+def process_batch(
+    inputs: list[Input],
+    *,
+    topics: Topics,
+    flows: FlowSet,
+    load: Callable[[bytes, Input], bytes | None],
+    clock: Callable[[], int],
+    committed: Committed,
+) -> BatchResult:
+    """Handle `inputs` in order; see the module docstring. Never raises for bad input."""
+    result = BatchResult()
+    slots: dict[bytes, _Slot] = {}
+    for item in inputs:
+        _one(item, topics, flows, load, clock, committed, slots, result)
+    for key, slot in slots.items():
+        if slot.dirty:
+            result.writes.append(Write(key, slot.state.partition, dumps(slot.state), slot.last.ref))
+        result.due.append((slot.state.profile_id, slot.state.partition, slot.state.next_due()))
+    return result
+
+
+def _one(
+    item: Input,
+    topics: Topics,
+    flows: FlowSet,
+    load: Callable[[bytes, Input], bytes | None],
+    clock: Callable[[], int],
+    committed: Committed,
+    slots: dict[bytes, _Slot],
+    result: BatchResult,
+) -> None:
+    kind = topics.kinds[item.topic]
+    try:
+        record, profile_id = decode(kind, item.value)
+    except Refused as exc:
+        result.produce.append(_refusal(item, str(exc), topics.invalid))
+        return
+    key = profile_id.encode()
+    slot = slots.get(key) or _load(key, profile_id, item, load, slots)
+    # What to go back to if the core fails on this record: the state before it (None: the
+    # record is the profile's first in the batch, and the table still holds that state).
+    before = dumps(slot.state) if slot.touched else None
+    state = slot.state
+    state.partition = item.partition
+    if state.outbox:
+        drop_committed(state, committed)
+    src = f"{item.topic}:{item.partition}:{item.offset}"
+    try:
+        outcome = handle(state, kind, record, flows, clock(), src)
+    except Exception as exc:  # a record the core cannot handle must not stop the worker
+        log.exception("record_failed", topic=item.topic, offset=item.offset)
+        if before is not None:  # keep the work of the batch's earlier records
+            slot.state = loads(before)
+        else:  # as if this record had never been read: no write, no due-index update
+            del slots[key]
+        result.produce.append(_refusal(item, f"engine error: {type(exc).__name__}: {exc}", topics.invalid))
+        return
+    slot.touched, slot.last = True, item
+    slot.dirty = slot.dirty or outcome.changed
+    for output in outcome.outputs:
+        topic = topics.outputs[output.kind]
+        result.produce.append(Produce(topic, output.key.encode(), orjson.dumps(output.value)))
+    result.handled += 1
+
+
+def _load(
+    key: bytes, profile_id: str, item: Input, load: Callable[[bytes, Input], bytes | None],
+    slots: dict[bytes, _Slot],
+) -> _Slot:
+    raw = load(key, item)
+    state = loads(raw) if raw is not None else ProfileState(profile_id)
+    # A profile new to the table is written even when nothing changed (as one by one did).
+    slot = _Slot(state, dirty=raw is None, touched=False, last=item)
+    slots[key] = slot
+    return slot
+
+
+def _refusal(item: Input, reason: str, topic: str) -> Produce:
+    value = records.invalid_input(
+        source_topic=item.topic,
+        partition=item.partition,
+        offset=item.offset,
+        key=item.key,
+        value=item.value,
+        reason=reason,
+    )
+    log.warning("input_refused", topic=item.topic, offset=item.offset, reason=reason[:200])
+    return Produce(topic, item.key, orjson.dumps(value))
