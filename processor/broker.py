@@ -59,6 +59,8 @@ class EmbeddedBroker:
                 f"port {self.port} on {HOST} is already in use; pick another with --port"
             )
         url = f"tcp://{HOST}:{self.port}"
+        if self.log_file:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
         out = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.process = subprocess.Popen(

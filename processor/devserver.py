@@ -9,7 +9,7 @@ from pathlib import Path
 
 from processor.broker import EmbeddedBroker
 from processor.kafka import ensure_topics
-from processor.logs import get_logger
+from processor.logs import configure, get_logger
 from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
 from processor.stack import WorkerProcess, apply_definitions, read_definition
@@ -39,6 +39,7 @@ def run_broker_only(port: int) -> int:
 def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
     """Broker, processor, dispatcher and a local receiver, until Ctrl-C."""
     base = Settings.from_env()
+    configure(base.log_format, base.log_level)
     settings = base.with_(
         brokers=f"127.0.0.1:{port}",
         allow_http=True,

@@ -1,0 +1,82 @@
+"""`flowhook broker` and `flowhook dev` as long-running commands: they start, serve and stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from processor.broker import _port_open, free_port
+from processor.kafka import read_records
+from processor.settings import Settings
+from processor.stack import wait_until
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "flows"
+EXAMPLE_RECEIVER_PORT = 8787  # the example flows post to http://127.0.0.1:8787
+
+
+def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOK_")}
+    return subprocess.Popen([sys.executable, "-m", "processor", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def interrupt(process: subprocess.Popen[bytes]) -> int:
+    process.send_signal(signal.SIGINT)
+    try:
+        return process.wait(timeout=30)
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def test_broker_command_listens_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """`flowhook broker --port P` serves Kafka on 127.0.0.1:P until Ctrl-C, then frees the port."""
+    port = free_port()
+    process = start(tmp_path, "broker", "--port", str(port))
+    try:
+        assert wait_until(lambda: _port_open(port), 20), process.stdout.read1().decode()  # type: ignore[union-attr]
+    finally:
+        code = interrupt(process)
+    assert code == 0
+    assert wait_until(lambda: not _port_open(port), 10)
+
+
+async def test_dev_applies_flows_and_delivers_to_its_receiver(tmp_path: Path) -> None:
+    """`flowhook dev --flows examples/flows` runs the whole path until Ctrl-C, then stops every part."""
+    port, receiver_port = free_port(), EXAMPLE_RECEIVER_PORT
+    if _port_open(receiver_port):
+        pytest.skip(f"port {receiver_port}, where the example flows post, is taken on this machine")
+    process = start(tmp_path, "dev", "--port", str(port), "--flows", str(EXAMPLES),
+                    "--receiver-port", str(receiver_port))
+    try:
+        settings = Settings(brokers=f"127.0.0.1:{port}")
+        assert await asyncio.to_thread(wait_until, lambda: _port_open(receiver_port), 60)
+        send = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "processor", "send", str(EXAMPLES.parent / "events.jsonl")],
+            env={**os.environ, **settings.as_env()}, capture_output=True, timeout=120,
+        )
+        assert send.returncode == 0, send.stderr.decode()
+        delivered: list[str] = []
+        async for record in read_records(settings, settings.topics.results, follow=True,
+                                         stop=lambda: len(delivered) >= 20):
+            value = orjson.loads(record.value)
+            if value.get("outcome") == "delivered":
+                delivered.append(value["delivery_id"])
+        async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{receiver_port}/__stats"
+        ) as response:
+            assert (await response.json())["total"] >= 20
+    finally:
+        code = await asyncio.to_thread(interrupt, process)
+    assert code == 0
+    assert not _port_open(port) and not _port_open(receiver_port)
