@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(BIN)/flowhook demo
 
 dev: $(STAMP)
-	$(BIN)/flowhook dev
+	$(BIN)/flowhook dev --flows examples/flows
 
 test: $(STAMP)
 	$(BIN)/ruff check .
