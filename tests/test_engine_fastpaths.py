@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from processor.flows import templates as t
 from processor.flows import values
+from processor.flows.lookup import EventView, ProfileView
 
 EVENT: dict[str, Any] = {
     "id": "evt_1",
@@ -119,3 +121,49 @@ def test_a_variable_the_caller_did_not_pass_falls_back_to_jinja() -> None:
     leaf = t.compile_leaf("{{ event.OrderId }}")
     assert leaf.path is not None
     assert leaf.render_value({"person": {}, "flow": {}}) == ""
+
+
+class _OtherMapping(Mapping[str, Any]):
+    """A mapping type the fast paths do not know: it takes the general route."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def _spent(fn: Any, *args: Any) -> tuple[Any, int, int]:
+    token = values.new_budget()
+    try:
+        result = fn(*args)
+        budget = values.current_budget()
+        assert budget is not None
+        return result, budget.steps, budget.output
+    finally:
+        values.end_budget(token)
+
+
+@pytest.mark.parametrize("key", ["OrderId", "$value", "Items", "missing", "$event_id", 3])
+@pytest.mark.parametrize("view", [EventView, ProfileView, values.MapView, dict])
+def test_item_lookup_by_exact_type_matches_the_general_lookup(view: Any, key: Any) -> None:
+    data = EVENT if view is EventView else (PROFILE if view is ProfileView else EVENT["properties"])
+    obj = view(data)
+    fast = _spent(t.ENV.getattr, obj, key)
+    general = _spent(t.ENV.getattr, _OtherMapping(obj), key)
+    assert repr(values.to_json_value(fast[0])) == repr(values.to_json_value(general[0]))
+    assert fast[1:] == general[1:]
+
+
+def test_plain_json_values_convert_as_their_views_do() -> None:
+    data = {"a": [1, 2.5, "x", None, True, {"b": ["c", {"d": "é"}]}], "n": float("inf"), "big": 2**70}
+    fast = _spent(values.to_json_value, data)
+    general = _spent(values.to_json_value, values.MapView(data))
+    assert fast == general
+    assert fast[0] == {**data, "n": None}

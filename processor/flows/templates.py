@@ -27,6 +27,7 @@ from processor.flows import template_filters
 from processor.flows.lookup import EventView, ProfileView
 from processor.flows.template_filters import Missing
 from processor.flows.values import (
+    MapView,
     SeqView,
     current_budget,
     finalize,
@@ -119,6 +120,11 @@ def has_tags(source: str) -> bool:
 # --- the environment -------------------------------------------------------------------
 
 
+# Mappings templates see most, checked by exact type first in `FlowEnvironment._item`
+# (none is Undefined or a LoopContext, so the general checks end in the same branch).
+_PLAIN_MAPPINGS: Final = frozenset({EventView, ProfileView, MapView, dict})
+
+
 class FlowEnvironment(SandboxedEnvironment):
     """Jinja's sandbox reduced to JSON data, with limits on `*` and `**`."""
 
@@ -134,6 +140,11 @@ class FlowEnvironment(SandboxedEnvironment):
 
     def _item(self, obj: Any, key: Any) -> Any:
         tick()
+        if type(obj) in _PLAIN_MAPPINGS:  # the usual case, without abstract-class checks
+            try:
+                return wrap(obj[key])
+            except (KeyError, TypeError):
+                return self.undefined(obj=obj, name=str(key))
         if isinstance(obj, Undefined):
             return obj
         if isinstance(obj, LoopContext):

@@ -160,6 +160,9 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
     """Any template value as JSON data: views unwrapped, non-finite floats as null."""
     if depth > MAX_DEPTH:
         raise RenderLimitError(f"value nested deeper than {MAX_DEPTH} levels")
+    kind = type(value)
+    if kind in _PLAIN_JSON:
+        return _plain_json(value, kind, depth)
     value = plain(value)
     if isinstance(value, Undefined) or value is None:
         return None
@@ -179,6 +182,24 @@ def to_json_value(value: Any, depth: int = 0) -> Any:
     if isinstance(value, datetime | date):
         return value.isoformat()
     return str(value)
+
+
+_PLAIN_JSON: Final = frozenset({str, int, bool, type(None), dict, list})
+
+
+def _plain_json(value: Any, kind: type, depth: int) -> Any:
+    """`to_json_value` of plain JSON types, by exact type: what decoded records hold. The same
+    branches the general checks take for them, without their abstract-class checks."""
+    if kind is str:
+        spend(len(value))
+        return value
+    if kind is dict:
+        tick(len(value) + 1)
+        return {str(k): to_json_value(v, depth + 1) for k, v in value.items()}
+    if kind is list:
+        tick(len(value) + 1)
+        return [to_json_value(v, depth + 1) for v in value]
+    return value  # int, bool, None
 
 
 def dumps(value: Any, *, indent: bool = False) -> str:
