@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -81,6 +81,8 @@ def delivery_result(
     next_attempt_at_ms: int | None = None,
 ) -> dict[str, Any]:
     """The `delivery` result record for one attempt outcome of a webhook-due record."""
+    # Built once per delivery on the dispatcher's hot path: the destination is cached per URL
+    # and the times go through `_iso_ms`, which formats each second only once.
     return {
         "type": "delivery",
         "delivery_id": due["delivery_id"],
@@ -91,7 +93,7 @@ def delivery_result(
         "profile_id": due["profile_id"],
         "event_id": due["event_id"],
         "metric": due["metric"],
-        "destination": destination(due["request"]["url"]),
+        "destination": _cached_destination(due["request"]["url"]),
         "attempt": attempt if attempt is not None else due.get("attempt", 1),
         "outcome": outcome,
         "http_status": http_status,
@@ -99,10 +101,30 @@ def delivery_result(
         "error": None if error is None else error[:500],
         "response_excerpt": _excerpt(response_excerpt),
         "due_at": due["due_at"],
-        "sent_at": iso(sent_at_ms) if sent_at_ms is not None else None,
-        "finished_at": iso(finished_at_ms if finished_at_ms is not None else now_ms()),
-        "next_attempt_at": iso(next_attempt_at_ms) if next_attempt_at_ms is not None else None,
+        "sent_at": _iso_ms(sent_at_ms) if sent_at_ms is not None else None,
+        "finished_at": _iso_ms(finished_at_ms if finished_at_ms is not None else now_ms()),
+        "next_attempt_at": _iso_ms(next_attempt_at_ms) if next_attempt_at_ms is not None else None,
     }
+
+
+_cached_destination = lru_cache(maxsize=4096)(destination)
+_second_prefix: dict[int, str] = {}
+# Below 2100-01-01 the float division in `clock.iso` still rounds to the exact millisecond
+# (checked in tests); later times take the slow path, so the text is the same either way.
+_FAST_ISO_BELOW = 4_102_444_800_000
+
+
+def _iso_ms(ms: int) -> str:
+    """`clock.iso(ms)`, with the text up to the second formatted once per second."""
+    if type(ms) is not int or not 0 <= ms < _FAST_ISO_BELOW:
+        return iso(ms)
+    second, millis = divmod(ms, 1000)
+    prefix = _second_prefix.get(second)
+    if prefix is None:
+        if len(_second_prefix) > 64:  # only recent seconds are asked for again
+            _second_prefix.clear()
+        prefix = _second_prefix[second] = iso(second * 1000)[:-5]  # drop ".000Z"
+    return f"{prefix}.{millis:03d}Z"
 
 
 def _excerpt(text: str | None) -> str | None:

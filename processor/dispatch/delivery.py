@@ -294,10 +294,16 @@ def _excerpt(body: bytes, secret_values: list[str]) -> str | None:
     return secret_store.mask(text, secret_values) if secret_values else text or None
 
 
+@lru_cache(maxsize=256)
+def _timeout(timeout_ms: int) -> aiohttp.ClientTimeout:
+    """The (immutable) timeout object of a flow's timeout; built once, not per request."""
+    total = timeout_ms / 1000
+    return aiohttp.ClientTimeout(total=total, sock_connect=min(total, CONNECT_TIMEOUT_S))
+
+
 async def send(session: aiohttp.ClientSession, prepared: Prepared) -> Attempt:
     """Make the request once; redirects are not followed and network errors become failures."""
-    total = prepared.timeout_ms / 1000
-    timeout = aiohttp.ClientTimeout(total=total, sock_connect=min(total, CONNECT_TIMEOUT_S))
+    timeout = _timeout(prepared.timeout_ms)
     sent_at = now_ms()
     started = time.perf_counter()
     try:
