@@ -167,3 +167,22 @@ def test_plain_json_values_convert_as_their_views_do() -> None:
     general = _spent(values.to_json_value, values.MapView(data))
     assert fast == general
     assert fast[0] == {**data, "n": None}
+
+
+def test_murmur2_is_kafkas() -> None:
+    """Output records land on the partition aiokafka's own partitioner would pick."""
+    import random
+
+    from aiokafka.partitioner import DefaultPartitioner
+    from aiokafka.partitioner import murmur2 as reference
+
+    from processor.engine.outbound import Outbound, murmur2
+
+    rng = random.Random(7)
+    keys = [rng.randbytes(n) for n in range(64) for _ in range(50)] + [b"dlv_0123456789abcdef01234567"]
+    assert [murmur2(k) for k in keys] == [reference(k) for k in keys]
+    outbound = Outbound(on_failure=lambda _exc: None)
+    outbound._partitions["t"] = list(range(8))
+    assert [outbound.partition_for("t", k) for k in keys] == [
+        DefaultPartitioner()(k, list(range(8)), list(range(8))) for k in keys
+    ]

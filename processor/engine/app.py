@@ -113,6 +113,7 @@ class Engine:
         self._keyed_topics = [self.topics.webhooks, self.topics.results]
         self.outbound = Outbound(on_failure=self._on_send_failed)
         self.processed = 0
+        self.batches = 0
         self.failure: BaseException | None = None
         self.ready = False  # set once the table has been recovered after an assignment
         self._wire()
@@ -187,6 +188,7 @@ class Engine:
             else:
                 self.due.set(profile_id, due[0], partition, due[1])
         self.processed += result.handled
+        self.batches += 1
 
     def _load(self, key: bytes, item: Input) -> bytes | None:
         # The RocksDB store finds a key's partition database through Faust's current event.
@@ -296,7 +298,7 @@ class Engine:
         finally:
             await self.app.stop()
             await self.registry.stop()
-            log.info("processor_stopped", processed=self.processed)
+            log.info("processor_stopped", processed=self.processed, batches=self.batches)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a crashed app (Faust stops itself) is an error."""

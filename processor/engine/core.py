@@ -479,6 +479,7 @@ def webhook_due(
     """The webhook-due record (docs/internals.md) for a run reaching a webhook step."""
     rendered = render_webhook(step, flow=flow, event=run.event, profile=state.profile)
     mode = "invalid" if rendered.error else ("held" if status == "manual" else "send")
+    now = iso(now_ms)
     return {
         "delivery_id": records.delivery_id(flow.id, run.run_id, step.id),
         "flow_id": flow.id,
@@ -505,8 +506,8 @@ def webhook_due(
             "max_age_ms": step.max_age_ms,
             "rate_limit": step.rate_limit,
         },
-        "due_at": iso(now_ms),
-        "created_at": iso(now_ms),
+        "due_at": now,
+        "created_at": now,
         "attempt": 1,
         "not_before": None,
         "first_attempt_at": None,
