@@ -47,9 +47,11 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# Attempt and Prepared are made once per delivery: plain slotted dataclasses, because a
+# frozen one's __init__ sets every field through object.__setattr__ (about 0.7 µs more each).
+@dataclass(slots=True)
 class Attempt:
-    """What one attempt came to; `failure` is None when it was delivered (2xx)."""
+    """What one attempt came to; `failure` is None when it was delivered (2xx). Not mutated."""
 
     failure: FailureKind | None
     http_status: int | None = None
@@ -65,9 +67,9 @@ class Attempt:
         return self.failure is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Prepared:
-    """A request ready to go; `secret_values` are only kept to mask error texts."""
+    """A request ready to go; `secret_values` are only kept to mask error texts. Not mutated."""
 
     method: str
     url: str

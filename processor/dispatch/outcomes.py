@@ -21,7 +21,7 @@ from processor.settings import Topics
 __all__ = ["Output", "after_attempt", "expired", "for_mode", "invalid_input", "result_output"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made once or twice per delivery, and never changed
 class Output:
     """One record to produce: topic, key and value bytes."""
 
@@ -56,6 +56,23 @@ def expired(topics: Topics, due: dict[str, Any], now: int) -> list[Output] | Non
     return _dead_outputs(topics, due, Dead(reason), {"error": None, "finished_at_ms": now})
 
 
+def _attempt_result(
+    topics: Topics, due: dict[str, Any], outcome: records.Outcome, attempt: Attempt
+) -> Output:
+    """`result_output` with the attempt's fields passed directly."""
+    value = records.delivery_result(
+        due,
+        outcome=outcome,
+        http_status=attempt.http_status,
+        latency_ms=attempt.latency_ms,
+        error=attempt.error,
+        response_excerpt=attempt.response_excerpt,
+        sent_at_ms=attempt.sent_at_ms,
+        finished_at_ms=attempt.finished_at_ms,
+    )
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+
+
 def _attempt_fields(attempt: Attempt) -> dict[str, Any]:
     return {
         "http_status": attempt.http_status,
@@ -72,11 +89,11 @@ def after_attempt(
 ) -> list[Output]:
     """The result record, plus the retry-tier or dead-letter copy a retryable failure needs."""
     kind = attempt.failure
-    fields = _attempt_fields(attempt)
-    if kind is None:
-        return [result_output(topics, due, "delivered", **fields)]
+    if kind is None:  # the hot path: one result record, built without an intermediate dict
+        return [_attempt_result(topics, due, "delivered", attempt)]
     if not kind.retryable:
-        return [result_output(topics, due, kind.outcome, **fields)]  # type: ignore[arg-type]
+        return [_attempt_result(topics, due, kind.outcome, attempt)]  # type: ignore[arg-type]
+    fields = _attempt_fields(attempt)
     finished = attempt.finished_at_ms or now_ms()
     first = due.get("first_attempt_at")
     first_ms = parse_iso_ms(first) if first else (attempt.sent_at_ms or finished)
