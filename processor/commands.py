@@ -107,16 +107,23 @@ def _stderr_console():  # type: ignore[no-untyped-def]
 @click.option("--partitions", default=8, show_default=True, help="Partitions of the bench topics.")
 @click.option("--stages", default="raw,agent,processor,dispatcher,e2e", show_default=True,
               help="Comma-separated stages to run.")
+@click.option("--state-profiles", default=1_000_000, show_default=True,
+              help="Profiles (each with a pending delay) the 'state' stage fills a RocksDB state with.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
-          partitions: int, stages: str, as_json: bool) -> None:
-    """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines."""
-    from processor.bench import STAGES, BenchConfig, run_bench
+          partitions: int, stages: str, state_profiles: int, as_json: bool) -> None:
+    """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
+
+    Stages: raw, agent, processor, dispatcher, e2e (the default), and state (on request: the
+    processor with --state-profiles profiles and pending delays in a RocksDB state).
+    """
+    from processor.bench import ALL_STAGES, BenchConfig, run_bench
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
-    unknown = [s for s in chosen if s not in STAGES]
+    unknown = [s for s in chosen if s not in ALL_STAGES]
     if unknown:
-        raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(ALL_STAGES)}")
     config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
-                         rate=rate, store=store, partitions=partitions, stages=chosen)
+                         rate=rate, store=store, partitions=partitions, stages=chosen,
+                         state_profiles=state_profiles)
     sys.exit(run_bench(config, as_json=as_json))

@@ -32,6 +32,7 @@ class WorkerProcess:
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0  # time.monotonic() at start
 
     def start(self) -> WorkerProcess:
         env = {**os.environ, **self.settings.as_env(), **self.env}
@@ -44,6 +45,7 @@ class WorkerProcess:
                 env=env,
                 start_new_session=True,  # a terminal's Ctrl-C reaches us, and we stop children in order
             )
+        self.started_at = time.monotonic()
         log.debug("worker_started", role=self.role, pid=self.process.pid, log=str(self.log_path))
         return self
 

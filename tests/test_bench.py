@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 pytestmark = pytest.mark.slow
+EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,state"
 
 
 @pytest.mark.timeout(300)
@@ -17,29 +18,19 @@ def test_bench_smoke_runs_every_stage() -> None:
     """Every stage of a 300-event bench completes all its records and reports a rate."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOK_")}
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "processor",
-            "bench",
-            "--events",
-            "300",
-            "--profiles",
-            "40",
-            "--concurrency",
-            "16",
-            "--partitions",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        timeout=290,
-        env=env,
+        [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
+         "--concurrency", "16", "--partitions", "2", "--stages", EVERY_STAGE, "--state-profiles", "400",
+         "--json"],
+        capture_output=True, timeout=290, env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = orjson.loads(done.stdout)
     stages = {s["stage"]: s for s in report["stages"]}
-    assert len(stages) == 5
+    assert len(stages) == 9
+    fill = stages.pop("fill: 400 profiles, each waiting on a delay")
+    ready = stages.pop("restart to ready with 400 profiles")
+    assert fill["count"] == 400 and fill["peak_rss_mb"]["processor"] > 0
+    assert ready["count"] == 1 and ready["seconds"] > 0
     for stage in stages.values():
         assert stage["count"] == 300, stage
         assert stage["per_second"] and stage["per_second"] > 0
