@@ -11,18 +11,21 @@ one producer, the per-destination limits and the circuit breakers:
 Commit path (per partition, for each lane), step by step:
 
 1. A fetched record's offset is registered as pending, in offset order.
-2. Its task makes the attempt (or decides held/invalid/blocked without one) and produces
-   every output: the result record and, when needed, the retry-tier or dead-letter copy.
-3. The task awaits the broker's acks for all of those outputs (acks=all); only then is
-   the offset marked done. A task that fails or is abandoned never marks it.
+2. The record goes into its destination's queue (`pool.DestinationPool`; records that are
+   not sent share one queue); a worker of that destination makes the attempt (or decides
+   held/invalid/blocked without one) and produces every output: the result record and,
+   when needed, the retry-tier or dead-letter copy.
+3. A callback on the broker's acks for all of those outputs (acks=all) marks the offset
+   done, so the worker goes on to its next record meanwhile. Work that fails or is
+   abandoned never marks it.
 4. Every `commit_interval_s`, and on revoke and shutdown, the done offsets at the front of
    the pending list are dropped; the offset after the last one dropped is committed. So
    the committed offset is the highest one below which every record's outcome is
    acknowledged, and a crash re-delivers (at least once, same webhook-id), never loses.
 
-On revoke and on shutdown: stop taking work, let in-flight tasks finish within one
-deadline (`shutdown_deadline_s`; on revoke at most half the rebalance timeout), abandon the
-rest (their offsets stay uncommitted), commit.
+On revoke and on shutdown: stop taking work, let the lane's taken records finish (acks
+included) within one deadline (`shutdown_deadline_s`; on revoke at most half the rebalance
+timeout), abandon the rest (their offsets stay uncommitted), commit.
 
 Consumer groups: `<prefix>dispatcher.first` and `<prefix>dispatcher.retry`. Burst mode
 (`drain_idle_s`) is meant for one dispatcher process (tests, bench, demo): it also waits
@@ -37,7 +40,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +55,18 @@ from processor import records
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
-from processor.dispatch.delivery import Attempt, RequestRefused, make_session, prepare, send
+from processor.dispatch.delivery import (
+    Attempt,
+    RequestRefused,
+    destination_key,
+    make_session,
+    prepare,
+    send,
+)
 from processor.dispatch.due_check import looks_usable
 from processor.dispatch.outcomes import Output
 from processor.dispatch.partitioner import KeyPartitioner
+from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
@@ -78,7 +89,7 @@ class DispatcherOptions:
     """Tuning of one dispatcher process."""
 
     concurrency: int = c.DEFAULT_INFLIGHT  # requests in flight, per lane
-    pending_per_request: int = 4  # records taken but unfinished, per in-flight request
+    pending_per_request: int = 4  # records taken but unfinished (acks included), per in-flight request
     per_destination: int = c.DEFAULT_PER_DESTINATION
     drain_idle_s: float | None = None  # burst mode: exit once idle this long
     shutdown_deadline_s: float = 10.0
@@ -137,6 +148,32 @@ def not_before_ms(due: dict[str, Any] | None) -> int:
         return 0
 
 
+def destination_of(due: dict[str, Any] | None) -> str | None:
+    """The queue of a record: its destination (host:port), or None when nothing is sent."""
+    if due is None or due["mode"] != "send":
+        return None
+    try:
+        return destination_key(due["request"]["url"])
+    except ValueError:  # prepare() refuses it with the reason
+        return None
+
+
+# A fetched record: (not before, epoch ms; record; decoded due record or None; why not usable)
+Buffered = tuple[int, ConsumerRecord, dict[str, Any] | None, str | None]
+
+
+@dataclass(slots=True)
+class Work:
+    """One taken record on its way through a destination queue."""
+
+    lane: Lane
+    tp: TopicPartition
+    tracker: PartitionOffsets
+    record: ConsumerRecord
+    due: dict[str, Any] | None
+    reason: str | None  # why the record cannot be used, when `due` is None
+
+
 class Dispatcher:
     """Everything the lanes share: session, producer, limits, breakers; makes the outputs."""
 
@@ -146,7 +183,9 @@ class Dispatcher:
         self.topics = settings.topics
         self.breakers = Breakers(options.breaker_threshold, options.breaker_cooldown_ms)
         self.rate_limits = RateLimiters()
-        self._destination_slots: dict[str, asyncio.Semaphore] = {}
+        # Destination queues, shared by both lanes, so `per_destination` bounds the requests
+        # to one host:port from the whole process; records not sent share the None queue.
+        self.pool: DestinationPool[Work] = DestinationPool(self.handle, self._queue_limit)
         self.rng = random.Random()
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -162,20 +201,52 @@ class Dispatcher:
             self.fatal = exc
         self.stop_event.set()
 
-    def _slots(self, destination: str) -> asyncio.Semaphore:
-        slots = self._destination_slots.get(destination)
-        if slots is None:
-            slots = self._destination_slots[destination] = asyncio.Semaphore(self.options.per_destination)
-        return slots
+    def _queue_limit(self, key: Hashable) -> int:
+        return self.options.concurrency if key is None else self.options.per_destination
+
+    async def handle(self, work: Work) -> None:
+        """Make one record's outputs and produce them; the acks' callback marks the offset done."""
+        lane = work.lane
+        if lane.offsets.get(work.tp) is not work.tracker:  # revoked meanwhile: the next owner has it
+            lane.release()
+            return
+        handed_off = False
+        try:
+            outputs = await self.outputs_for(work.record, work.due, work.reason, lane.window)
+            self.retry_produced(outputs)
+            acks = await self.send_outputs(outputs)
+            ack = acks[0] if len(acks) == 1 else asyncio.gather(*acks)
+            ack.add_done_callback(lambda done: self._acked(work, done))
+            handed_off = True
+        except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
+            self.fail(exc)
+        finally:
+            if not handed_off:
+                lane.release()
+            lane.last_activity = time.monotonic()
+
+    def _acked(self, work: Work, ack: asyncio.Future[Any]) -> None:
+        try:
+            if ack.cancelled():
+                return  # not written: the offset stays uncommitted
+            error = ack.exception()
+            if error is not None:
+                self.fail(error)
+            else:
+                work.tracker.finish(work.record.offset)
+        finally:
+            work.lane.release()
 
     async def outputs_for(
-        self, record: ConsumerRecord, due: dict[str, Any] | None, window: asyncio.Semaphore
+        self,
+        record: ConsumerRecord,
+        due: dict[str, Any] | None,
+        reason: str | None,
+        window: asyncio.Semaphore,
     ) -> list[Output]:
         """Everything to produce for one webhook-due record (making its attempt if it is sent)."""
         if due is None:
-            due, reason = decode(record)
-            if due is None:
-                return [outcomes.invalid_input(self.topics, record, reason or "unusable")]
+            return [outcomes.invalid_input(self.topics, record, reason or "unusable")]
         try:
             return (
                 outcomes.for_mode(self.topics, due)
@@ -188,11 +259,12 @@ class Dispatcher:
             return [outcomes.result_output(self.topics, due, "invalid", error=error)]
 
     async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
-        """Rate limit, then a destination slot, then the breaker, then an in-flight slot, then send.
+        """Rate limit, then the breaker, then an in-flight slot, then send.
 
-        A record waiting for a busy or slow destination holds no in-flight slot, so other
-        destinations keep their throughput; the breaker is asked only once a slot is free,
-        so records queued behind a failing destination skip the request once it opens.
+        Runs in one of the destination's workers (at most `per_destination` of them), so a
+        record waiting for a busy or slow destination holds no in-flight slot and other
+        destinations keep their throughput; the breaker is asked when a worker reaches the
+        record, so records queued behind a failing destination skip the request once it opens.
         """
         try:
             prepared = prepare(
@@ -203,18 +275,17 @@ class Dispatcher:
         rate = due["options"].get("rate_limit")
         if rate:
             await self.rate_limits.acquire(prepared.destination, rate)
-        async with self._slots(prepared.destination):
-            breaker = self.breakers.get(prepared.destination)
-            if not breaker.allow(now_ms()):
-                attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
-                return outcomes.after_attempt(self.topics, due, attempt, self.rng)
-            try:
-                async with window:
-                    assert self.session is not None
-                    attempt = await send(self.session, prepared)
-            except BaseException:
-                breaker.probing = False  # an abandoned probe must not keep the circuit open forever
-                raise
+        breaker = self.breakers.get(prepared.destination)
+        if not breaker.allow(now_ms()):
+            attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
+            return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+        try:
+            async with window:
+                assert self.session is not None
+                attempt = await send(self.session, prepared)
+        except BaseException:
+            breaker.probing = False  # an abandoned probe must not keep the circuit open forever
+            raise
         self._update_breaker(prepared.destination, attempt)
         if attempt.failure is not None:
             log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
@@ -229,14 +300,10 @@ class Dispatcher:
         elif breaker.failure(now_ms()):
             log.warning("circuit_opened", destination=destination, failures=breaker.failures)
 
-    async def produce(self, outputs: Iterable[Output]) -> None:
-        """Produce the outputs and wait until the broker has acknowledged every one."""
+    async def send_outputs(self, outputs: Iterable[Output]) -> list[asyncio.Future[Any]]:
+        """Hand the outputs to the producer (batched with linger); the futures of their acks."""
         assert self.producer is not None
-        acks = [await self.producer.send(o.topic, o.value, key=o.key) for o in outputs]
-        if len(acks) == 1:
-            await acks[0]  # the common case: one result record, no gathering future needed
-        else:
-            await asyncio.gather(*acks)
+        return [await self.producer.send(o.topic, o.value, key=o.key) for o in outputs]
 
     def retry_produced(self, outputs: list[Output]) -> None:
         for output in outputs:
@@ -278,10 +345,17 @@ class Lane:
         )
         options = core.options
         self.window = asyncio.Semaphore(options.concurrency)  # requests in flight
-        self.taken = asyncio.Semaphore(options.concurrency * options.pending_per_request)
+        # Records taken but unfinished (queued, being sent, or waiting for their acks): the
+        # fetch loop waits for room once `limit` is reached, and goes on below `resume_at`,
+        # so it wakes once per many records, not once per record.
+        self.limit = options.concurrency * options.pending_per_request
+        self.resume_at = self.limit * 3 // 4
+        self.taken = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self._drained: asyncio.Future[None] | None = None
         self.offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self.buffers: dict[TopicPartition, deque[tuple[int, ConsumerRecord, dict[str, Any] | None]]] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.buffers: dict[TopicPartition, deque[Buffered]] = {}
         self.assigned = False
         self.last_activity = time.monotonic()
 
@@ -309,15 +383,39 @@ class Lane:
         log.info("partitions_revoked", lane=self.name, partitions=len(revoked))
 
     async def finish_in_flight(self, deadline_s: float) -> None:
-        """Wait for in-flight tasks up to the deadline; cancel what is left (stays uncommitted)."""
-        if not self.tasks:
+        """Wait until every taken record is finished (acks included), up to the deadline; then
+        abandon what is left: queued records are dropped, workers on them cancelled (their
+        offsets stay uncommitted)."""
+        if self.taken == 0:
             return
-        _, pending = await asyncio.wait(set(self.tasks), timeout=deadline_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-            log.warning("in_flight_abandoned", lane=self.name, count=len(pending))
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained), timeout=deadline_s)
+        except TimeoutError:
+            left = self.taken
+            for _ in await self.core.pool.abandon(lambda work: work.lane is self):
+                self.release()
+            log.warning("in_flight_abandoned", lane=self.name, count=left)
+        finally:
+            self._drained = None
+
+    def release(self) -> None:
+        """One taken record is finished or abandoned."""
+        self.taken -= 1
+        if self.taken <= self.resume_at:
+            self.room.set()
+        if self.taken == 0 and self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def _wait_for_room(self) -> None:
+        while self.taken >= self.limit:
+            self.room.clear()
+            await self.room.wait()
+
+    def _take(self, tp: TopicPartition, tracker: PartitionOffsets, buffered: Buffered) -> None:
+        _, record, due, reason = buffered
+        self.taken += 1
+        self.core.pool.submit(destination_of(due), Work(self, tp, tracker, record, due, reason))
 
     async def commit(self, only: Iterable[TopicPartition] | None = None) -> None:
         """Commit, per partition, the offset below which every outcome is acknowledged."""
@@ -370,22 +468,22 @@ class Lane:
         tracker = self._tracker(tp)
         for record in recs:
             tracker.add(record.offset)
+        await self._wait_for_room()  # once per fetched batch: the batch may overshoot the limit
+        if self.offsets.get(tp) is not tracker:  # revoked meanwhile: the next owner has it
+            return
         for record in recs:
-            await self.taken.acquire()
-            if self.offsets.get(tp) is not tracker:  # revoked meanwhile: the next owner has it
-                self.taken.release()
-                return
-            self._spawn(tracker, record, None)
+            due, reason = decode(record)
+            self._take(tp, tracker, (0, record, due, reason))
 
     async def _buffer(self, tp: TopicPartition, recs: list[ConsumerRecord]) -> None:
         tracker = self._tracker(tp)
         buffer = self.buffers.setdefault(tp, deque())
         for record in recs:
             tracker.add(record.offset)
-            due, _ = decode(record)
+            due, reason = decode(record)
             if due is not None:
                 self.core.outstanding_retries.discard((due["delivery_id"], due["attempt"]))
-            buffer.append((not_before_ms(due), record, due))
+            buffer.append((not_before_ms(due), record, due, reason))
         if tp in self.consumer.assignment():
             self.consumer.pause(tp)  # hold the partition until its head is due
 
@@ -393,39 +491,18 @@ class Lane:
         for tp in list(self.buffers):
             buffer = self.buffers.get(tp)
             while buffer and buffer[0][0] <= now_ms():
-                await self.taken.acquire()
+                await self._wait_for_room()
                 if self.buffers.get(tp) is not buffer:
-                    self.taken.release()
                     break
-                _, record, due = buffer.popleft()
-                self._spawn(self.offsets[tp], record, due)
+                self._take(tp, self.offsets[tp], buffer.popleft())
             if buffer is not None and not buffer and self.buffers.get(tp) is buffer:
                 del self.buffers[tp]
                 if tp in self.consumer.assignment():
                     self.consumer.resume(tp)
 
-    def _spawn(self, tracker: PartitionOffsets, record: ConsumerRecord, due: dict[str, Any] | None) -> None:
-        task = asyncio.create_task(self._process(tracker, record, due))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _process(
-        self, tracker: PartitionOffsets, record: ConsumerRecord, due: dict[str, Any] | None
-    ) -> None:
-        try:
-            outputs = await self.core.outputs_for(record, due, self.window)
-            self.core.retry_produced(outputs)
-            await self.core.produce(outputs)
-            tracker.finish(record.offset)
-        except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
-            self.core.fail(exc)
-        finally:
-            self.taken.release()
-            self.last_activity = time.monotonic()
-
     def idle_for(self) -> float | None:
         """Seconds this lane has had nothing to do, or None while it is busy or unassigned."""
-        if not self.assigned or self.tasks or self.buffers:
+        if not self.assigned or self.taken or self.buffers:
             return None
         return time.monotonic() - self.last_activity
 
