@@ -11,7 +11,7 @@ import orjson
 
 from processor import records
 from processor.clock import iso, now_ms
-from processor.engine.app import run_processor
+from processor.engine.app import FETCH_MAX_WAIT_MS, run_processor
 from processor.settings import Settings
 from tests.engine_helpers import (
     InProcessEngine,
@@ -192,7 +192,7 @@ async def test_flow_edits_take_effect_without_restart(settings: Settings) -> Non
         definition("edit", trigger={"metric": "Edit"}, steps=[{"delay": "2s"}, webhook("old")]),
         definition("gone", trigger={"metric": "Gone"}),
     )
-    async with InProcessEngine(settings):
+    async with InProcessEngine(settings) as worker:
         await produce(settings, settings.topics.events, [event_bytes(event("e1", "Edit", pid="pinned"))])
         await produce(settings, settings.topics.profiles, [(b"cake", orjson.dumps(_cake_profile()))])
         await wait_for(settings, settings.topics.results, lambda rs: len(rs) >= 1)
@@ -207,6 +207,9 @@ async def test_flow_edits_take_effect_without_restart(settings: Settings) -> Non
         dues = await wait_for(settings, settings.topics.webhooks, lambda rs: len(rs) >= 3, timeout_s=20)
         await asyncio.sleep(0.5)
         dues = await read_json(settings, settings.topics.webhooks)
+        # Records reach the agent without Faust's 1.5 s fetch wait (see app.FETCH_MAX_WAIT_MS).
+        fetcher = worker.engine.app.consumer._thread._consumer._fetcher
+        assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
     got = sorted((d["profile_id"], d["flow_id"], d["step_id"], d["flow_version"]) for d in dues)
     assert got == [("cake", "bday", "hook", 1), ("fresh", "edit", "new", 2), ("pinned", "edit", "old", 1)]
 

@@ -59,7 +59,12 @@ CATCH_UP_IDLE_MS: Final = 300
 # one table write per profile and one producer batch per topic partition per batch. The
 # wait bounds the latency it adds when records trickle in.
 BATCH_MAX: Final = 1000
-BATCH_WITHIN_S: Final = 0.01
+BATCH_WITHIN_S: Final = 0.005
+# How long a fetch may wait at the broker for records. Faust creates its consumer with
+# 1.5 s, and the embedded broker holds a fetch about that long unless it fills, so records
+# waited ~0.5-1.5 s before the agent saw them (processor alone at 1,000 events/s: p50
+# 447 ms, p99 782 ms); with 10 ms (and 5 ms batches): p50 16-28 ms at the same CPU per record.
+FETCH_MAX_WAIT_MS: Final = 10
 
 
 class EngineCrashed(FlowhookError):
@@ -114,6 +119,7 @@ class Engine:
         self.outbound = Outbound(on_failure=self._on_send_failed)
         self.processed = 0
         self.batches = 0
+        self._fetch_wait_set = False
         self.failure: BaseException | None = None
         self.ready = False  # set once the table has been recovered after an assignment
         self._wire()
@@ -233,6 +239,8 @@ class Engine:
     # --- wake-ups -------------------------------------------------------------------
 
     async def _tick(self) -> None:
+        if not self._fetch_wait_set:
+            self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         for profile_id, partition, due_ms, reason in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
             value = orjson.dumps({"profile_id": profile_id, "due_at": iso(due_ms), "reason": reason})
             await self.app.producer.send(
@@ -292,6 +300,7 @@ class Engine:
         await self.registry.start()
         await self.registry.wait_loaded()
         await self.app.start()
+        self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
         try:
             await self._wait(stop)
@@ -327,6 +336,17 @@ async def _read_tail(reader: AIOKafkaConsumer, table: EngineTable, active_tps: s
             applied += len(events)
             idle_since = time.monotonic()
     return applied
+
+
+def shorten_fetch_wait(app: faust.App, wait_ms: int) -> bool:
+    """Set the fetch wait of Faust's aiokafka consumer (Faust hard-codes 1.5 s); False while
+    the consumer is not there yet. The fetcher reads the value for every fetch request."""
+    consumer = getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        return False
+    fetcher._fetch_max_wait_ms = wait_ms
+    return True
 
 
 def _input(event: Any) -> Input:
