@@ -202,3 +202,29 @@ def test_malformed_requests_are_invalid_not_crashes(url: str, headers: dict[str,
     with pytest.raises(RequestRefused) as refused:
         prepare(due_record(url, headers=headers), allow_http=False)
     assert refused.value.attempt.failure is FailureKind.INVALID
+
+
+async def test_standard_headers_are_sent_once_whatever_case_a_flow_uses() -> None:
+    """The session adds no User-Agent or Content-Type of its own next to ours."""
+    from aiohttp import web
+
+    seen: dict[str, list[str]] = {}
+
+    async def record(request: web.Request, _seen: int) -> web.StreamResponse:
+        for name in ("User-Agent", "Content-Type", "webhook-id"):
+            seen[name] = request.headers.getall(name, [])
+        return web.json_response({"ok": True})
+
+    receiver = await ScriptedReceiver({"/h": record}).start()
+    due = due_record(receiver.url("/h"), headers={"user-agent": "forged", "CONTENT-TYPE": "text/plain"})
+    prepared = prepare(due, allow_http=True, allow_networks=LOOPBACK)
+    try:
+        async with make_session(allow_networks=LOOPBACK, concurrency=2, per_destination=2) as session:
+            attempt = await send(session, prepared)
+    finally:
+        await receiver.stop()
+    assert attempt.delivered
+    assert seen["User-Agent"] == [prepared.headers["User-Agent"]]
+    assert seen["User-Agent"][0].startswith("flowhook/")
+    assert seen["Content-Type"] == ["application/json"]
+    assert seen["webhook-id"] == [due["delivery_id"]]
