@@ -363,3 +363,16 @@ def test_unknown_pinned_version_is_replaced_only_by_one_of_the_same_shape() -> N
     other.flows = FlowSet([flow(version=2, steps=[webhook("new"), {"delay": "1h"}, webhook("later")])])
     out = other.wake(T0 + HOUR)
     assert kinds(out) == ["exited"] and "no longer known" in out.outputs[0].value["reason"]
+
+
+def test_never_due_reads_serialised_state_without_decoding_it() -> None:
+    """The restart path skips profiles with nothing due by the first bytes of their state."""
+    from processor.engine.state import DateSchedule, ProfileState, Run, due_of, never_due
+
+    idle = ProfileState("p1", profile={"email": "a@example.com"}, seen=["e1"])
+    waiting = ProfileState("p2", runs={"r": Run("r", "f", 1, 0, {"id": "e"}, T0, wake_ms=T0 + HOUR)})
+    dated = ProfileState("p3", dates={"f": DateSchedule(T0 + DAY, "2026-12-01", "sig")})
+    for state in (idle, waiting, dated):
+        raw = dumps(state)
+        assert never_due(raw) == (due_of(raw).due_ms is None)
+    assert never_due(dumps(idle))

@@ -159,6 +159,16 @@ class DueSummary:
     dated_flows: frozenset[str]  # flows whose date trigger this profile has a schedule for
 
 
+# How `dumps` starts when nothing of the profile falls due (no waiting run, no date trigger).
+_NEVER_DUE_PREFIX: Final = b'{"d":null,'
+
+
+def never_due(data: bytes) -> bool:
+    """True when serialised state has nothing that falls due, read without decoding it
+    (`dumps` writes the next due time first)."""
+    return data.startswith(_NEVER_DUE_PREFIX)
+
+
 def due_of(data: bytes) -> DueSummary:
     """The due-index summary of serialised state."""
     raw = orjson.loads(data)
