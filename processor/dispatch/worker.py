@@ -189,6 +189,7 @@ class Dispatcher:
         self.rng = random.Random()
         self.stop_event = asyncio.Event()
         self.fatal: BaseException | None = None
+        self._retry_prefix = self.topics.name(c.WEBHOOKS) + ".retry."  # checked once per delivery
         # Retry records this process produced and has not consumed back yet (drain mode).
         self.outstanding_retries: set[tuple[str, int]] = set()
         self.session: aiohttp.ClientSession | None = None
@@ -307,7 +308,7 @@ class Dispatcher:
 
     def retry_produced(self, outputs: list[Output]) -> None:
         for output in outputs:
-            if output.topic.startswith(self.topics.name(c.WEBHOOKS) + ".retry."):
+            if output.topic.startswith(self._retry_prefix):
                 due = orjson.loads(output.value)
                 self.outstanding_retries.add((due["delivery_id"], due["attempt"]))
 
