@@ -121,3 +121,17 @@ async def test_a_handle_that_raises_does_not_strand_the_queue() -> None:
         await asyncio.sleep(0)
     assert done == [0, 1, 3, 4]  # the items after the failed one were still handled
     assert pool.workers(None) == 0
+
+
+def test_records_queue_by_destination_and_unsent_ones_share_none() -> None:
+    from processor.dispatch.worker import destination_of
+    from tests.dispatch_helpers import due_record
+
+    assert destination_of(due_record("https://hooks.example.com/a?x=1")) == "hooks.example.com:443"
+    assert destination_of(due_record("http://hooks.example.com/b")) == "hooks.example.com:80"
+    assert destination_of(due_record("https://hooks.example.com:8443/c")) == "hooks.example.com:8443"
+    assert destination_of(due_record("https://hooks.example.com/a", mode="held")) is None
+    assert destination_of(due_record("https://hooks.example.com/a", mode="invalid")) is None
+    assert destination_of(due_record("http://[::1/x")) is None  # prepare() refuses it, with the reason
+    assert destination_of(due_record("https://h.example.com:99999/x")) is None
+    assert destination_of(None) is None
