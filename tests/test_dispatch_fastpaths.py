@@ -10,7 +10,7 @@ from aiokafka.partitioner import murmur2 as reference_murmur2
 from processor import records
 from processor.clock import iso
 from processor.dispatch.delivery import _timeout
-from processor.dispatch.partitioner import KeyPartitioner, murmur2
+from processor.partitioner import KeyPartitioner, murmur2
 from tests.dispatch_helpers import due_record
 
 

@@ -65,13 +65,13 @@ from processor.dispatch.delivery import (
 )
 from processor.dispatch.due_check import looks_usable
 from processor.dispatch.outcomes import Output
-from processor.dispatch.partitioner import KeyPartitioner
 from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
 from processor.kafka import ensure_topics, make_producer, wait_for_broker
 from processor.logs import get_logger
+from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
 
 log = get_logger(__name__)
