@@ -179,3 +179,9 @@ def invalid_input(
         "reason": reason[:1000],
         "seen_at": iso(seen_at_ms if seen_at_ms is not None else now_ms()),
     }
+
+
+def invalid_copy(message: Any, reason: str) -> dict[str, Any]:
+    """`invalid_input` for a consumed record (anything with topic, partition, offset, key, value)."""
+    return invalid_input(source_topic=message.topic, partition=message.partition, offset=message.offset,
+                         key=message.key, value=message.value, reason=reason)

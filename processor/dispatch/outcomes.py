@@ -138,12 +138,4 @@ def _dead_outputs(topics: Topics, due: dict[str, Any], plan: Dead, fields: dict[
 
 def invalid_input(topics: Topics, record: Any, reason: str) -> Output:
     """A copy of an unusable webhook-due record on the invalid-input topic."""
-    value = records.invalid_input(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        reason=reason,
-    )
-    return Output(topics.events_invalid, record.key, orjson.dumps(value))
+    return Output(topics.events_invalid, record.key, orjson.dumps(records.invalid_copy(record, reason)))
