@@ -176,7 +176,8 @@ def test_murmur2_is_kafkas() -> None:
     from aiokafka.partitioner import DefaultPartitioner
     from aiokafka.partitioner import murmur2 as reference
 
-    from processor.engine.outbound import Outbound, murmur2
+    from processor.engine.outbound import Outbound
+    from processor.partitioner import murmur2
 
     rng = random.Random(7)
     keys = [rng.randbytes(n) for n in range(64) for _ in range(50)] + [b"dlv_0123456789abcdef01234567"]

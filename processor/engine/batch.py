@@ -167,13 +167,5 @@ def _load(
 
 
 def _refusal(item: Input, reason: str, topic: str) -> Produce:
-    value = records.invalid_input(
-        source_topic=item.topic,
-        partition=item.partition,
-        offset=item.offset,
-        key=item.key,
-        value=item.value,
-        reason=reason,
-    )
     log.warning("input_refused", topic=item.topic, offset=item.offset, reason=reason[:200])
-    return Produce(topic, item.key, orjson.dumps(value))
+    return Produce(topic, item.key, orjson.dumps(records.invalid_copy(item, reason)))

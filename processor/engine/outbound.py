@@ -11,11 +11,12 @@ an input offset is only committed once the outputs of its record are acknowledge
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
+
+from processor.partitioner import murmur2
 
 # (topic, partition, base offset of the batch, records in it) once a batch is acknowledged
 OnAcked = Callable[[str, int, int, int], None]
@@ -93,33 +94,3 @@ class Outbound:
                 on_acked(topic, partition, future.result().offset, count)
 
         return done
-
-
-_M: Final = 0x5BD1E995
-_MASK: Final = 0xFFFFFFFF
-_WORDS: Final = struct.Struct("<I")
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (what `aiokafka.partitioner.murmur2` computes), reading the key four
-    bytes at a time: about three times faster, and it runs for every output record."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    whole = length & ~3
-    for (k,) in _WORDS.iter_unpack(data[:whole]):
-        k = (k * _M) & _MASK
-        k ^= k >> 24
-        k = (k * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    extra = length & 3
-    if extra >= 3:
-        h ^= data[whole + 2] << 16
-    if extra >= 2:
-        h ^= data[whole + 1] << 8
-    if extra >= 1:
-        h ^= data[whole]
-        h = (h * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    h ^= h >> 15
-    return h
