@@ -273,15 +273,19 @@ class Bench:
         finally:
             await producer.stop()
 
-    async def warm_up(self, settings: Settings) -> None:
-        """One event through the whole path, so group joins are not in the measurement."""
+    async def send_untimed(self, settings: Settings, run: str) -> None:
+        """One bench event that the receiver does not count (warm-up, readiness probe)."""
         producer = make_producer(settings)
         await producer.start()
         try:
-            warm = orjson.dumps(self.event(0, "warm", timed=False))
-            await producer.send_and_wait(settings.topics.events, warm, key=b"p_0")
+            event = orjson.dumps(self.event(0, run, timed=False))
+            await producer.send_and_wait(settings.topics.events, event, key=b"p_0")
         finally:
             await producer.stop()
+
+    async def warm_up(self, settings: Settings) -> None:
+        """One event through the whole path, so group joins are not in the measurement."""
+        await self.send_untimed(settings, "warm")
         deadline = time.monotonic() + 120
         # Polling another process over HTTP: there is no event to wait on.
         while time.monotonic() < deadline and (await self.receiver("GET", "__stats"))["total"] < 1:  # noqa: ASYNC110

@@ -119,13 +119,7 @@ async def _restart_to_ready(
 ) -> StageResult:
     """Seconds from the worker's start until a new event's webhook-due record is on Kafka."""
     started = worker.started_at
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        probe = orjson.dumps(bench.event(0, "probe", timed=False))
-        await producer.send_and_wait(settings.topics.events, probe, key=b"p_0")
-    finally:
-        await producer.stop()
+    await bench.send_untimed(settings, "probe")
     stamps = await count_records(settings, settings.topics.webhooks, already + 1, time.monotonic() + 300,
                                  alive=lambda: worker.alive)
     seconds = time.monotonic() - started
