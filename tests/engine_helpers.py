@@ -25,15 +25,7 @@ HOOK = "http://127.0.0.1:9/hook"
 
 def flow(flow_id: str = "f", *, version: int = 1, **fields: Any) -> Flow:
     """A validated flow: metric trigger `Placed Order`, one webhook step, unless overridden."""
-    data: dict[str, Any] = {
-        "id": flow_id,
-        "name": f"Flow {flow_id}",
-        "status": "live",
-        "trigger": {"metric": "Placed Order"},
-        "steps": [webhook("hook")],
-    }
-    data.update(fields)
-    return flow_from_dict(data, source="test", version=version, allow_http=True)
+    return flow_from_dict(definition(flow_id, **fields), source="test", version=version, allow_http=True)
 
 
 def webhook(step_id: str, **fields: Any) -> dict[str, Any]:
