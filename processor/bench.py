@@ -428,7 +428,7 @@ def run_bench(config: BenchConfig, as_json: bool = False) -> int:
         receiver = start_receiver_process(port)
         broker = None if config.brokers else EmbeddedBroker(log_file=workdir / "broker.log").start()
         try:
-            brokers = config.brokers or broker.bootstrap  # type: ignore[union-attr]
+            brokers = broker.bootstrap if broker is not None else str(config.brokers)
             results = _run(Bench(config, brokers, workdir, port))
         finally:
             receiver.terminate()

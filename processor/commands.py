@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 import orjson
+from rich.console import Console
 
 from processor.cli import load_settings, run_async
 
@@ -89,9 +90,7 @@ def results(follow: bool, flow_id: str | None, summary: bool, idle: float, broke
     sys.exit(run_async(read()))
 
 
-def _stderr_console():  # type: ignore[no-untyped-def]
-    from rich.console import Console
-
+def _stderr_console() -> Console:
     return Console(stderr=True)
 
 

@@ -17,7 +17,7 @@ import orjson
 
 from processor.errors import InputError, Problem
 from processor.kafka import ensure_topics, make_producer
-from processor.records import validation_error
+from processor.records import SchemaName, validation_error
 from processor.settings import Settings
 
 MAX_REPORTED_PROBLEMS = 20
@@ -42,7 +42,7 @@ def profile_key(record: dict[str, Any]) -> str | None:
     return None
 
 
-def read_lines(path: Path, schema: str | None) -> list[Line]:
+def read_lines(path: Path, schema: SchemaName | None) -> list[Line]:
     """Parse and check every line; raise InputError listing the problems (file:line: field)."""
     try:
         raw_lines = path.read_bytes().splitlines()
@@ -64,7 +64,7 @@ def read_lines(path: Path, schema: str | None) -> list[Line]:
 
 
 def _check_line(
-    path: Path, number: int, raw: bytes, schema: str | None
+    path: Path, number: int, raw: bytes, schema: SchemaName | None
 ) -> tuple[Line | None, Problem | None]:
     try:
         record = orjson.loads(raw)
@@ -72,7 +72,7 @@ def _check_line(
         reason = f"not valid JSON ({exc}); each line must be one JSON object"
         return None, Problem(str(path), number, "", reason)
     if schema is not None:
-        error = validation_error(schema, record)  # type: ignore[arg-type]
+        error = validation_error(schema, record)
         if error:
             field = error.split(" ", 1)[0]
             return None, Problem(str(path), number, field, error)
@@ -115,6 +115,7 @@ async def _keep_rate(started: float, sent: int, rate: float) -> None:
         await asyncio.sleep(ahead)
 
 
-def schema_for_topic(settings: Settings, topic: str) -> str | None:
+def schema_for_topic(settings: Settings, topic: str) -> SchemaName | None:
     """Events and profile updates are checked against their schema; other topics are not."""
-    return {settings.topics.events: "event", settings.topics.profiles: "profile"}.get(topic)
+    schemas: dict[str, SchemaName] = {settings.topics.events: "event", settings.topics.profiles: "profile"}
+    return schemas.get(topic)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,11 @@ class WorkerProcess:
             return ""
 
 
-def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.2) -> bool:
+def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: float = 0.2) -> bool:
     """Poll a zero-argument callable until it returns true or the time is up."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
         time.sleep(interval_s)
     return False
