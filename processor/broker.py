@@ -79,7 +79,11 @@ class EmbeddedBroker:
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal must not kill it before we stop it
         )
-        self._wait_listening(timeout)
+        try:
+            self._wait_listening(timeout)
+        except BaseException:  # Ctrl-C or a timeout while starting: leave no broker behind
+            self.stop()
+            raise
         log.info("broker_started", bootstrap=self.bootstrap, pid=self.process.pid)
         return self
 
@@ -91,7 +95,6 @@ class EmbeddedBroker:
             if _port_open(self.port):
                 return
             time.sleep(0.05)
-        self.stop()
         raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} in {timeout}s")
 
     def pause(self) -> None:

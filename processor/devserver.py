@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import signal
 from pathlib import Path
@@ -25,12 +26,15 @@ def _wait_for_ctrl_c() -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
 
-    asyncio.run(wait())
+    # Ctrl-C is how these commands are meant to stop, even before the handlers are in place.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(wait())
 
 
 def run_broker_only(port: int) -> int:
     """The embedded broker on 127.0.0.1:<port> until Ctrl-C."""
-    with EmbeddedBroker(port=port) as broker:
+    # Ctrl-C at any moment, start-up included, is a clean stop.
+    with contextlib.suppress(KeyboardInterrupt), EmbeddedBroker(port=port) as broker:
         log.info("broker_ready", bootstrap=broker.bootstrap, hint="Ctrl-C stops it")
         _wait_for_ctrl_c()
     return 0
@@ -53,7 +57,8 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
                    for role in ("processor", "dispatcher")]
         log.info("dev_ready", bootstrap=broker.bootstrap, logs=str(workdir), hint="Ctrl-C stops it")
         try:
-            asyncio.run(_serve_receiver(receiver_port))
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(_serve_receiver(receiver_port))
         finally:
             for worker in workers:
                 worker.stop()
