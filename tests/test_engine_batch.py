@@ -98,14 +98,20 @@ def _states(table: Table) -> dict[bytes, Any]:
     return {k: loads(v) for k, v in table.data.items()}
 
 
-def test_a_batch_gives_what_one_record_at_a_time_gives() -> None:
-    inputs = _inputs()
+def _run_and_compare_with_one_by_one(inputs: list[Any]) -> tuple[Table, Any]:
+    """Run `inputs` as one batch; assert outputs, states and due times equal one-by-one handling."""
     single, produced_single = _one_by_one(inputs)
     together = Table()
     result = together.run(inputs)
     assert _comparable(result.produce) == produced_single
     assert _states(together) == _states(single)
     assert together.due == single.due
+    return together, result
+
+
+def test_a_batch_gives_what_one_record_at_a_time_gives() -> None:
+    inputs = _inputs()
+    _table, result = _run_and_compare_with_one_by_one(inputs)
     assert result.handled == len(inputs) - 2
     topics = [p.topic for p in result.produce]
     assert topics.count("invalid") == 2 and topics.count("hooks") >= 6
@@ -144,13 +150,7 @@ def test_a_record_the_core_fails_on_leaves_no_trace(monkeypatch: pytest.MonkeyPa
         return real(state, kind, record, *args)
 
     monkeypatch.setattr(batch_module, "handle", failing)
-    inputs = _inputs()
-    single, produced_single = _one_by_one(inputs)
-    together = Table()
-    result = together.run(inputs)
-    assert _comparable(result.produce) == produced_single
-    assert _states(together) == _states(single)
-    assert together.due == single.due
+    together, result = _run_and_compare_with_one_by_one(_inputs())
     assert all("half_done" not in s.profile and poisoned not in s.seen for s in _states(together).values())
     refusals = [orjson.loads(p.value) for p in result.produce if p.topic == "invalid"]
     assert any(r["reason"] == "engine error: ValueError: boom" for r in refusals)

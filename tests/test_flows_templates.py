@@ -97,6 +97,9 @@ def test_huge_numbers_stay_exact() -> None:
     "{{ event.__class__.__init__.__globals__ }}",
     "{{ person._profile }}",
     "{{ event._event }}",
+    "{{ person._record }}",
+    "{{ event._record }}",
+    "{{ person._find }}",
     "{{ event.names.append }}",
     "{% for x in event.names %}{{ loop.__class__ }}{% endfor %}",
 ])

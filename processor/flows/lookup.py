@@ -67,60 +67,56 @@ def event_value(event: Mapping[str, Any], name: str) -> Any:
     return MISSING
 
 
-class ProfileView(Mapping[str, Any]):
-    """A stored profile seen as one flat mapping, by the lookup rule above."""
+class _RecordView(Mapping[str, Any]):
+    """A record seen as one flat mapping, through a lookup function (the rule above)."""
 
-    __slots__ = ("_profile",)
+    __slots__ = ("_record",)
 
-    def __init__(self, profile: Mapping[str, Any]) -> None:
-        self._profile = profile
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        self._record = record
+
+    @staticmethod
+    def _find(record: Mapping[str, Any], name: str) -> Any:
+        raise NotImplementedError
 
     def __getitem__(self, name: str) -> Any:
-        value = profile_value(self._profile, name) if isinstance(name, str) else MISSING
+        value = self._find(self._record, name) if isinstance(name, str) else MISSING
         if value is MISSING:
             raise KeyError(name)
         return value
-
-    def __iter__(self) -> Iterator[str]:
-        seen = [k for k in self._profile if k != PROPERTIES]
-        custom = self._profile.get(PROPERTIES)
-        if isinstance(custom, Mapping):
-            seen += [k for k in custom if k not in self._profile]
-        return iter(seen)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def plain(self) -> dict[str, Any]:
-        """The flattened profile as a plain dict (for `person|tojson`)."""
+        """The flattened record as a plain dict (for `person|tojson` and `event|tojson`)."""
         return {k: self[k] for k in self}
 
 
-class EventView(Mapping[str, Any]):
-    """An event record seen as its properties plus `$event_id`, `$time` and `metric`."""
+class ProfileView(_RecordView):
+    """A stored profile seen as one flat mapping, by the lookup rule above."""
 
-    __slots__ = ("_event",)
-
-    def __init__(self, event: Mapping[str, Any]) -> None:
-        self._event = event
-
-    def __getitem__(self, name: str) -> Any:
-        value = event_value(self._event, name) if isinstance(name, str) else MISSING
-        if value is MISSING:
-            raise KeyError(name)
-        return value
+    __slots__ = ()
+    _find = staticmethod(profile_value)
 
     def __iter__(self) -> Iterator[str]:
-        props = self._event.get(PROPERTIES)
+        seen = [k for k in self._record if k != PROPERTIES]
+        custom = self._record.get(PROPERTIES)
+        if isinstance(custom, Mapping):
+            seen += [k for k in custom if k not in self._record]
+        return iter(seen)
+
+
+class EventView(_RecordView):
+    """An event record seen as its properties plus `$event_id`, `$time` and `metric`."""
+
+    __slots__ = ()
+    _find = staticmethod(event_value)
+
+    def __iter__(self) -> Iterator[str]:
+        props = self._record.get(PROPERTIES)
         names = [k for k in props if k not in EVENT_SPECIALS] if isinstance(props, Mapping) else []
         return iter([*names, *(k for k in EVENT_SPECIALS if k in self)])
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and event_value(self._event, name) is not MISSING
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def plain(self) -> dict[str, Any]:
-        """The event's properties and specials as a plain dict (for `event|tojson`)."""
-        return {k: self[k] for k in self}
+        return isinstance(name, str) and event_value(self._record, name) is not MISSING
