@@ -44,6 +44,9 @@ def broker_binary() -> str:
 class EmbeddedBroker:
     """A Tansu broker process on 127.0.0.1:<port>; use as a context manager or start()/stop()."""
 
+    kind = "embedded"
+    replication = 1  # one broker
+
     def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
         self.port = port or free_port()
         self.log_file = log_file

@@ -29,11 +29,12 @@ def demo(events_file: Path | None, timeout: float) -> None:
               default=None, help="Apply the flow files in this folder at start.")
 @click.option("--receiver-port", default=8787, show_default=True,
               help="Port of the local receiver that the example flows post to (0: none).")
-def dev(port: int, flows_dir: Path | None, receiver_port: int) -> None:
-    """Embedded broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
+@click.option("--kafka", is_flag=True, help="Run on one Apache Kafka node, not the embedded broker.")
+def dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool) -> None:
+    """Broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
     from processor.devserver import run_dev
 
-    sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port))
+    sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port, kafka=kafka))
 
 
 @click.command()

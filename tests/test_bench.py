@@ -9,7 +9,7 @@ import sys
 import orjson
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,state"
 
 

@@ -21,7 +21,7 @@ from tests.engine_helpers import (
     webhook,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _distinct(dues: list[dict]) -> list[dict]:

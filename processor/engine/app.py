@@ -33,6 +33,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.streams import _current_event
 from faust.types import TP
 
+from processor import constants as c
+from processor import topic_plan
 from processor.clock import iso, now_ms
 from processor.engine.batch import Input, Topics, Write, process_batch
 from processor.engine.core import RecordKind, unscheduled_dates
@@ -43,13 +45,14 @@ from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, make_reader, wait_for_broker
+from processor.kafka import ensure_topics, make_reader, ssl_context, wait_for_broker
 from processor.logs import get_logger
 from processor.settings import Settings
+from processor.topic_plan import processor_app_id
 
 log = get_logger(__name__)
 
-TABLE_NAME: Final = "profiles"
+TABLE_NAME: Final = topic_plan.TABLE_NAME
 DUE_TICK_S: Final = 0.1
 # At most this many wake-ups per tick, so catching up after downtime cannot flood the
 # wake-up topic (and the agent) faster than it drains: about 2,000 profiles a second.
@@ -149,6 +152,8 @@ class Engine:
             ),
             partitions=self.settings.partitions,
             options=dict(ROCKSDB_OPTIONS) if self.settings.store == "rocksdb" else None,
+            # Faust creates the changelog compacted, with the app's replication factor.
+            extra_topic_configs=changelog_configs(self.settings),
         )
         table.engine = self
         return self.app.tables.add(table)
@@ -390,17 +395,36 @@ def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of the table's changelog beyond Faust's compaction (docs/kafka.md)."""
+    return {"min.insync.replicas": str(settings.min_isr), "max.message.bytes": str(c.MAX_MESSAGE_BYTES)}
+
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same SASL/TLS set-up as every other client (`kafka.client_options`), as Faust's."""
+    protocol = settings.security_protocol
+    context = ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     ssl_context=context, mechanism=settings.sasl_mechanism)
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def make_app(settings: Settings) -> faust.App:
     """A quiet Faust app for these settings (memory or RocksDB store, short group timeouts)."""
     store = "memory://" if settings.store == "memory" else "rocksdb://"
     return faust.App(
-        f"{settings.topic_prefix}processor",
+        processor_app_id(settings),
         broker=[f"kafka://{b.strip()}" for b in settings.brokers.split(",")],
         store=store,
         datadir=str(Path(settings.data_dir) / "processor"),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=settings.create_topics,
+        broker_credentials=faust_credentials(settings),
         producer_acks=-1,
+        producer_max_request_size=c.MAX_REQUEST_BYTES,
         # Batch outputs and changelog writes a little: fewer, larger produce requests.
         producer_linger=0.005,
         # Commit every second: offsets are the only thing that tells a worker taking over a
