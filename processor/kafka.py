@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -16,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import SaslAuthenticationFailed, TopicAlreadyExistsError
 
 from processor import constants as c
 from processor.errors import FlowhookError
@@ -132,6 +133,33 @@ def client_options(settings: Settings) -> dict[str, Any]:
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = ssl_context(settings)
     return options
+
+
+class _AuthFailures(logging.Filter):
+    """Keeps aiokafka's "Unable connect ...: SaslAuthenticationFailed" log record as the reason
+    for the one-line error of `connect_failure`, instead of printing it as a second line."""
+
+    last: str | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, SaslAuthenticationFailed):
+                _AuthFailures.last = str(arg)
+                return False
+        return True
+
+
+logging.getLogger("aiokafka").addFilter(_AuthFailures())
+
+
+def connect_failure(settings: Settings, exc: BaseException) -> str:
+    """One line on why no connection: refused credentials (named, never the password) or unreachable."""
+    reason = _AuthFailures.last
+    if reason is not None and settings.security_protocol.startswith("SASL_"):
+        return (f"Kafka at {settings.brokers} refused SASL user {settings.sasl_username!r} "
+                f"({settings.sasl_mechanism}): {reason.split(': ', 1)[-1]}")
+    return f"cannot reach Kafka at {settings.brokers}: {exc}"
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext:
