@@ -233,9 +233,11 @@ async def read_records(
 
 
 async def wait_for_broker(settings: Settings, wait_s: float = 20.0) -> None:
-    """Wait until the cluster answers a metadata request."""
+    """Wait until the cluster answers a metadata request; refused credentials end it at once
+    (waiting does not make a password right)."""
     deadline = time.monotonic() + wait_s
     last_error: Exception | None = None
+    _AuthFailures.last = None
     while time.monotonic() < deadline:
         admin = make_admin(settings, "flowhook-probe")
         try:
@@ -243,9 +245,15 @@ async def wait_for_broker(settings: Settings, wait_s: float = 20.0) -> None:
             await admin.list_topics()
             await remember_broker_kind(settings, admin)
             return
-        except Exception as exc:  # any failure here means "not yet"
+        except Exception as exc:  # any failure here means "not yet", unless the login was refused
             last_error = exc
+            if _AuthFailures.last is not None and settings.security_protocol.startswith("SASL_"):
+                raise LoginRefused(connect_failure(settings, exc)) from exc
             await asyncio.sleep(0.2)
         finally:
             await admin.close()
     raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error}")
+
+
+class LoginRefused(FlowhookError):
+    """The brokers refused the SASL credentials."""

@@ -55,6 +55,7 @@ LOCAL_PROPERTIES = {
     "log.flush.interval.messages": str(2**62),  # durability comes from replication, as in production
 }
 STOP_GRACE_S = 10.0
+KEYSTORE_PASSWORD = "flowhook-local"  # noqa: S105 - a throw-away keystore of a loopback test broker
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
@@ -110,10 +111,17 @@ def free_port_block(count: int) -> int:
 
 @dataclass
 class SaslListener:
-    """A second listener with SASL (PLAIN and SCRAM) for the given users, on its own ports."""
+    """A second listener with SASL (PLAIN and SCRAM) for the given users, on its own ports;
+    with `tls` it is SASL_SSL, with a self-signed certificate for 127.0.0.1 (`ca_file`)."""
 
     users: dict[str, str]
     ports: list[int] = field(default_factory=list)
+    tls: bool = False
+    ca_file: Path | None = None
+
+    @property
+    def protocol(self) -> str:
+        return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
 
     def bootstrap(self) -> str:
         return ",".join(f"{HOST}:{p}" for p in self.ports)
@@ -156,6 +164,7 @@ class KafkaCluster:
         data_dir: Path | None = None,
         settings: BrokerSettings | None = None,
         sasl_users: dict[str, str] | None = None,
+        tls: bool = False,
         lib: Path | None = None,
     ) -> None:
         if nodes not in (1, 3):
@@ -168,7 +177,8 @@ class KafkaCluster:
         self.nodes = [
             KafkaNode(i, first + i, free_port(), self.data_dir / f"node-{i + 1}") for i in range(nodes)
         ]
-        self.sasl = SaslListener(sasl_users, [free_port() for _ in range(nodes)]) if sasl_users else None
+        self.sasl = (SaslListener(sasl_users, [free_port() for _ in range(nodes)], tls=tls)
+                     if sasl_users else None)
 
     @property
     def bootstrap(self) -> str:
@@ -204,6 +214,8 @@ class KafkaCluster:
     def _format(self) -> None:
         """Write each node's server.properties and format its storage (skipped if formatted)."""
         cluster_id = self._cluster_id()
+        if self.sasl is not None and self.sasl.tls:
+            self.sasl.ca_file = self._make_certificate()
         formats = []
         for node in self.nodes:
             node.directory.mkdir(parents=True, exist_ok=True)
@@ -212,7 +224,8 @@ class KafkaCluster:
                 continue
             formats.append(subprocess.Popen(
                 self._java_command("kafka.tools.StorageTool", "format", "--ignore-formatted",
-                                   "-t", cluster_id, "-c", str(node.config_path), *self._scram_args()),
+                                   f"--cluster-id={cluster_id}", "-c", str(node.config_path),
+                                   *self._scram_args()),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             ))
         for process in formats:  # in parallel: each is a JVM start
@@ -230,6 +243,20 @@ class KafkaCluster:
         cluster_id = new_cluster_id()
         path.write_text(cluster_id)
         return cluster_id
+
+    def _make_certificate(self) -> Path:
+        """A PKCS12 keystore with a self-signed certificate for 127.0.0.1, and its PEM for clients."""
+        keystore, pem = self.data_dir / "broker.p12", self.data_dir / "ca.pem"
+        if not keystore.exists():
+            keytool = str(Path(self.java).with_name("keytool"))
+            common = ["-keystore", str(keystore), "-storetype", "PKCS12", "-storepass", KEYSTORE_PASSWORD]
+            subprocess.run([keytool, "-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048",
+                            "-dname", f"CN={HOST}", "-ext", f"SAN=IP:{HOST},DNS:localhost",
+                            "-validity", "30", "-keypass", KEYSTORE_PASSWORD, *common],
+                           check=True, capture_output=True, timeout=60)
+            subprocess.run([keytool, "-exportcert", "-rfc", "-alias", "broker", "-file", str(pem), *common],
+                           check=True, capture_output=True, timeout=60)
+        return pem
 
     def _scram_args(self) -> list[str]:
         if self.sasl is None:
@@ -295,8 +322,15 @@ class KafkaCluster:
             sasl_port = self.sasl.ports[node.index]
             listeners.append(f"SASL://{HOST}:{sasl_port}")
             advertised.append(f"SASL://{HOST}:{sasl_port}")
-            protocols += ",SASL:SASL_PLAINTEXT"
+            protocols += f",SASL:{self.sasl.protocol}"
             props.update(_sasl_properties(self.sasl.users))
+            if self.sasl.tls:
+                props.update({
+                    "ssl.keystore.location": str(self.data_dir / "broker.p12"),
+                    "ssl.keystore.type": "PKCS12",
+                    "ssl.keystore.password": KEYSTORE_PASSWORD,
+                    "ssl.key.password": KEYSTORE_PASSWORD,
+                })
         props["listeners"] = ",".join(listeners)
         props["advertised.listeners"] = ",".join(advertised)
         props["listener.security.protocol.map"] = protocols

@@ -51,7 +51,8 @@ def test_three_nodes_replicate_three_ways_with_two_in_sync() -> None:
 
 
 def test_cluster_ids_are_kafka_uuids() -> None:
-    """A cluster id is 22 URL-safe base64 characters, as `kafka-storage random-uuid` makes."""
+    """A cluster id is 22 URL-safe base64 characters, as `kafka-storage random-uuid` makes (it may
+    start with "-", so the runner passes it as --cluster-id=ID)."""
     ids = {new_cluster_id() for _ in range(50)}
     assert len(ids) == 50
     assert all(len(i) == 22 and "=" not in i and "+" not in i and "/" not in i for i in ids)
