@@ -14,6 +14,10 @@ RESULTS: Final = "results"
 EVENTS_INVALID: Final = "events.invalid"
 WAKEUPS: Final = "wakeups"
 DEAD_LETTER: Final = "webhooks.dead"
+# Events and profile updates that arrived off their profile's home partition (e.g. from a
+# librdkafka client's CRC32 partitioner) go through these, co-partitioned with the inputs.
+EVENTS_REPARTITION: Final = "events.repartition"
+PROFILES_REPARTITION: Final = "profiles.repartition"
 # Retry tiers: a record waits in the tier whose delay is the largest one not above its
 # own delay, so records in one tier are nearly ordered by due time (see dispatch.retry_policy).
 RETRY_TIER_DELAYS_MS: Final = (1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000)
@@ -29,6 +33,8 @@ TOPIC_RETENTION_MS: Final = {
     "events": 7 * DAY_MS,
     "profiles": 7 * DAY_MS,
     "wakeups": 1 * DAY_MS,
+    "events.repartition": 1 * DAY_MS,
+    "profiles.repartition": 1 * DAY_MS,
     "webhooks": 7 * DAY_MS,
     "retry": 7 * DAY_MS,
     "results": 30 * DAY_MS,

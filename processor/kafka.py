@@ -46,6 +46,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
 def _named_topics(settings: Settings) -> list[tuple[str, str]]:
     t = settings.topics
     named = [(t.events, c.EVENTS), (t.profiles, c.PROFILES), (t.wakeups, c.WAKEUPS),
+             (t.events_repartition, c.EVENTS_REPARTITION), (t.profiles_repartition, c.PROFILES_REPARTITION),
              (t.webhooks, c.WEBHOOKS), (t.results, c.RESULTS), (t.events_invalid, c.EVENTS_INVALID),
              (t.dead_letter, c.DEAD_LETTER)]
     return named + [(tier, "retry") for tier in t.retry_tiers]

@@ -68,9 +68,17 @@ class Topics:
         return [self.retry_tier(d) for d in c.RETRY_TIER_DELAYS_MS]
 
     @property
+    def events_repartition(self) -> str:
+        return self.name(c.EVENTS_REPARTITION)
+
+    @property
+    def profiles_repartition(self) -> str:
+        return self.name(c.PROFILES_REPARTITION)
+
+    @property
     def keyed_by_profile(self) -> list[str]:
         """Topics the processor reads together; they must share one partition count."""
-        return [self.events, self.profiles, self.wakeups]
+        return [self.events, self.profiles, self.wakeups, self.events_repartition, self.profiles_repartition]
 
 
 @dataclass(frozen=True)

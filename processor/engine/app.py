@@ -41,6 +41,7 @@ from processor.engine.core import RecordKind, unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
 from processor.engine.outbound import Outbound
+from processor.engine.placement import Placement
 from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
@@ -123,11 +124,19 @@ class Engine:
             self.topics.events: "event",
             self.topics.profiles: "profile",
             self.topics.wakeups: "wakeup",
+            self.topics.events_repartition: "event",
+            self.topics.profiles_repartition: "profile",
         }
+        self.placement = Placement(settings.partitions, {
+            self.topics.events: self.topics.events_repartition,
+            self.topics.profiles: self.topics.profiles_repartition,
+        })
+        self.misplaced = self.placement.counter  # records forwarded to their home partition
         self._batch_topics = Topics(
             kinds=self._kinds,
             outputs={"webhook": self.topics.webhooks, "result": self.topics.results},
             invalid=self.topics.events_invalid,
+            placement=self.placement,
         )
         self._keyed_topics = [self.topics.webhooks, self.topics.results]
         self.outbound = Outbound(on_failure=self._on_send_failed)
@@ -325,7 +334,8 @@ class Engine:
         finally:
             await self.app.stop()
             await self.registry.stop()
-            log.info("processor_stopped", processed=self.processed, batches=self.batches)
+            log.info("processor_stopped", processed=self.processed, batches=self.batches,
+                     misplaced_forwarded=self.misplaced.total)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a crashed app (Faust stops itself) is an error."""
