@@ -100,6 +100,9 @@ class EmbeddedBroker:
             time.sleep(0.05)
         raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} in {timeout}s")
 
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
+
     def pause(self) -> None:
         """SIGSTOP the broker (failure tests)."""
         assert self.process is not None

@@ -44,7 +44,7 @@ def _flow(port: int) -> dict[str, Any]:
 async def test_kcat_produces_events_and_reads_results(settings: Settings, tmp_path: Path) -> None:
     """Events from kcat (CRC32 partitions) and profile updates from `flowhook send` (murmur2) meet:
     every delivery, after its delay, carries the update; kcat reads the outcomes back."""
-    receiver = Receiver()
+    receiver = Receiver(keep=10 * PROFILES)
     runner, port = await start_receiver(receiver)
     workers: list[WorkerProcess] = []
     pids = [f"kcat-{n}" for n in range(PROFILES)]
