@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from processor.cli import load_settings
-
 
 @click.group()
 def topics() -> None:
@@ -16,6 +14,7 @@ def topics() -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def plan(brokers: str | None) -> None:
     """Print one kafka-topics.sh command per topic (FLOWHOOK_PARTITIONS, _REPLICATION, _TOPIC_PREFIX)."""
+    from processor.cli import load_settings  # here: processor.cli imports this module
     from processor.topic_plan import planned_topics
 
     settings = load_settings(brokers=brokers)
