@@ -46,7 +46,7 @@ from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, make_reader, ssl_context, wait_for_broker
+from processor.kafka import ensure_topics, idempotent, make_reader, ssl_context, wait_for_broker
 from processor.logs import get_logger
 from processor.settings import Settings
 from processor.topic_plan import processor_app_id
@@ -323,6 +323,8 @@ class Engine:
         except TimeoutError as exc:
             raise EngineCrashed(str(exc)) from None
         await ensure_topics(self.settings)
+        if idempotent(self.settings):
+            make_idempotent(self.app)
         _make_dirs(Path(self.app.conf.datadir))
         await self.registry.start()
         await self.registry.wait_loaded()
@@ -364,6 +366,16 @@ async def _read_tail(reader: AIOKafkaConsumer, table: EngineTable, active_tps: s
             applied += len(events)
             idle_since = time.monotonic()
     return applied
+
+
+def make_idempotent(app: faust.App) -> None:
+    """Idempotent produce for Faust's producer (outputs and changelog), as for every other
+    producer on brokers that support it (`kafka.idempotent`). Faust has no setting for it;
+    its producer takes extra aiokafka options from `_settings_extra` when it starts (that is
+    how its transactions switch idempotence on), so this adds the option there."""
+    producer = app.producer
+    extra = producer._settings_extra
+    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}
 
 
 def shorten_fetch_wait(app: faust.App, wait_ms: int) -> bool:
