@@ -23,9 +23,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
+from typing import Self
 
-from processor.broker import HOST, _port_open, free_port
+from processor.broker import HOST, StartStop, _port_open, free_port
 from processor.errors import FlowhookError, KafkaUnavailable
 from processor.kafka_settings import BrokerSettings
 from processor.logs import get_logger
@@ -152,7 +152,7 @@ class KafkaNode:
         return self.process is not None and self.process.poll() is None
 
 
-class KafkaCluster:
+class KafkaCluster(StartStop):
     """One or three Kafka nodes on 127.0.0.1; a context manager, or start()/stop()."""
 
     kind = "kafka"
@@ -194,7 +194,7 @@ class KafkaCluster:
 
     # --- start ----------------------------------------------------------------------
 
-    def start(self, timeout: float = 120.0) -> KafkaCluster:
+    def start(self, timeout: float = 120.0) -> Self:
         for node in self.nodes:
             if _port_open(node.port):
                 raise KafkaStartError(
@@ -393,17 +393,6 @@ class KafkaCluster:
         if self._temp is not None:
             self._temp.cleanup()
             self._temp = None
-
-    def __enter__(self) -> KafkaCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _sasl_properties(users: dict[str, str]) -> dict[str, str]:

@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
-from processor.kafka import ensure_topics, make_admin, make_producer, read_records
+from processor.kafka import make_admin, make_producer, read_records
 from processor.kafka_runner import KafkaCluster
-from processor.receiver import Receiver, start_receiver
+from processor.receiver import Receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions
+from tests.stack_helpers import worker_stack
 
 pytestmark = pytest.mark.kafka3
 
@@ -79,24 +79,12 @@ async def _until(predicate: Any, timeout_s: float) -> bool:
 async def _run_with_fault(settings: Settings, tmp_path: Path, count: int, fault: Any) -> tuple[int, int]:
     """Deliver `count` webhooks, calling `fault()` once a fifth have arrived; (lost, repeats)."""
     receiver = Receiver()
-    runner, port = await start_receiver(receiver)
-    workers: list[WorkerProcess] = []
-    try:
-        await ensure_topics(settings)
-        await apply_definitions(settings, [(_flow(port), "faults")])
-        workers = [WorkerProcess(role, settings, tmp_path / f"{role}.log").start()
-                   for role in ("processor", "dispatcher")]
+    async with worker_stack(settings, tmp_path, lambda port: [_flow(port)], receiver) as workers:
         producing = asyncio.create_task(_produce(settings, [_event(n) for n in range(count)], 400))
         assert await _until(lambda: receiver.total >= count // 5, 120), workers[0].tail()
         await fault()
         await producing
         delivered = await _delivered_events(settings, count, 240)
-        for worker in workers:
-            assert worker.alive, worker.tail()
-    finally:
-        for worker in workers:
-            worker.stop()
-        await runner.cleanup()
     lost = count - len(delivered)
     repeats = receiver.total - len(receiver.seen_ids)
     return lost, repeats

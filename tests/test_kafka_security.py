@@ -13,9 +13,9 @@ import pytest
 
 from processor.kafka import ensure_topics, read_records
 from processor.kafka_runner import KafkaCluster
-from processor.receiver import Receiver, start_receiver
+from processor.receiver import Receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions
+from tests.stack_helpers import worker_stack
 from tests.test_end_to_end import SECRETS, collect, event, order_flow, produce
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -45,25 +45,13 @@ async def test_whole_path_over_scram_and_tls(settings: Settings, secure_kafka: K
                                              tmp_path: Path) -> None:
     """Admin, producers, readers, the dispatcher's groups and Faust all work over SASL_SSL with SCRAM."""
     settings = _secure(settings, secure_kafka, "SCRAM-SHA-512")
-    receiver = Receiver()
-    runner, port = await start_receiver(receiver)
-    workers = []
-    try:
-        await ensure_topics(settings)
-        await apply_definitions(settings, [(order_flow(port), "secure")])
-        workers = [WorkerProcess(role, settings, tmp_path / f"{role}.log", env=SECRETS).start()
-                   for role in ("processor", "dispatcher")]
-        matching = [event(n, 60.0 + n) for n in range(6)]
+    matching = [event(n, 60.0 + n) for n in range(6)]
+    async with worker_stack(settings, tmp_path, lambda port: [order_flow(port)], Receiver(),
+                            env=SECRETS) as workers:
         await produce(settings, settings.topics.events, [orjson.dumps(e) for e in matching],
                       [e["profile"]["id"].encode() for e in matching])
         delivered = await collect(settings, settings.topics.results, len(matching), 90,
                                   lambda r: r.get("outcome") == "delivered")
-        for worker in workers:
-            assert worker.alive, worker.tail()
-    finally:
-        for worker in workers:
-            worker.stop()
-        await runner.cleanup()
     assert {r["event_id"] for r in delivered} == {e["id"] for e in matching}
     assert PASSWORD not in "".join(w.log_path.read_text() for w in workers)
 

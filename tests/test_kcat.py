@@ -14,10 +14,9 @@ import orjson
 import pytest
 
 from processor.engine.placement import home_partition
-from processor.kafka import ensure_topics
-from processor.receiver import Receiver, start_receiver
+from processor.receiver import Receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions
+from tests.stack_helpers import worker_stack
 from tests.test_end_to_end import collect
 
 pytestmark = [pytest.mark.kafka, pytest.mark.integration]
@@ -45,12 +44,8 @@ async def test_kcat_produces_events_and_reads_results(settings: Settings, tmp_pa
     """Events from kcat (CRC32 partitions) and profile updates from `flowhook send` (murmur2) meet:
     every delivery, after its delay, carries the update; kcat reads the outcomes back."""
     receiver = Receiver(keep=10 * PROFILES)
-    runner, port = await start_receiver(receiver)
-    workers: list[WorkerProcess] = []
     pids = [f"kcat-{n}" for n in range(PROFILES)]
-    try:
-        await ensure_topics(settings)
-        await apply_definitions(settings, [(_flow(port), "kcat")])
+    async with worker_stack(settings, tmp_path, lambda port: [_flow(port)], receiver):
         updates = tmp_path / "profiles.jsonl"
         updates.write_bytes(b"".join(orjson.dumps({"id": p, "first_name": f"Kcat {p}"}) + b"\n"
                                      for p in pids))
@@ -59,8 +54,6 @@ async def test_kcat_produces_events_and_reads_results(settings: Settings, tmp_pa
                              settings.topics.profiles], env={**os.environ, **settings.as_env()},
             capture_output=True, timeout=60, check=False)
         assert sent.returncode == 0, sent.stderr.decode()
-        workers = [WorkerProcess(role, settings, tmp_path / f"{role}.log").start()
-                   for role in ("processor", "dispatcher")]
         lines = b"".join(
             p.encode() + b"|" + orjson.dumps({"id": f"evt-{p}", "metric": "Placed Order",
                                               "time": "2026-11-27T10:00:00Z", "profile": {"id": p},
@@ -70,12 +63,6 @@ async def test_kcat_produces_events_and_reads_results(settings: Settings, tmp_pa
                                 "-K", "|", stdin=lines)
         delivered = await collect(settings, settings.topics.results, PROFILES, 90,
                                   lambda r: r.get("outcome") == "delivered")
-        for worker in workers:
-            assert worker.alive, worker.tail()
-    finally:
-        for worker in workers:
-            worker.stop()
-        await runner.cleanup()
     bodies = {orjson.loads(r.body)["order"]: orjson.loads(r.body)["name"] for r in receiver.recent}
     assert bodies == {p: f"Kcat {p}" for p in pids}
     assert {r["event_id"] for r in delivered} == {f"evt-{p}" for p in pids}
