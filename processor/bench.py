@@ -208,7 +208,9 @@ class Bench:
         await ensure_topics(settings, extra={out: (settings.partitions, {})})
         await self.produce_events(settings, "agent")
         worker = WorkerProcess("bench-agent", settings, self.workdir / "agent.log")
-        worker_cmd = [sys.executable, "-m", "processor.bench_agent", "worker", "-l", "warn"]
+        # --without-web: Faust's worker command would serve on 0.0.0.0:6066, which another
+        # run on the machine may hold (the agent then dies at start) and is not loopback.
+        worker_cmd = [sys.executable, "-m", "processor.bench_agent", "worker", "-l", "warn", "--without-web"]
         return await self._count_outputs(
             "plain Faust agent (baseline)", settings, out,
             lambda: _popen(worker, worker_cmd),
