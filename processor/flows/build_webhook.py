@@ -249,8 +249,9 @@ _ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 def suggest_object_body(body: str) -> str:
     """The warning for a text body, with the object form when it can be worked out."""
-    base = ("body is text, so it renders as text and must be valid JSON afterwards "
-            "(a quote in a value breaks it); write it as a mapping so values are escaped by construction")
+    base = ("body is text, so it renders as text and must be valid JSON afterwards (each value is "
+            "escaped for where its tag stands, but a {% if %} or a typo can still break it); "
+            "write it as a mapping so the structure is fixed and checked before publishing")
     suggestion = object_form(body)
     if suggestion is None:
         return f"{base}; as written it does not look like JSON, so check it with flowhook preview"

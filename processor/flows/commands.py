@@ -201,5 +201,7 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
         for problem in exc.problems:
             click.echo(click.style(str(problem), fg="red"), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    for warning in checked.warnings:
+        click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
     for line in walk(checked.flow, event, profile).lines:
         click.echo(line)
