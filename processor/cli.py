@@ -91,8 +91,9 @@ def _register_commands() -> None:
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
+    from processor.held_commands import held
 
-    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench):
+    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench, held):
         cli.add_command(command)
 
 
