@@ -119,3 +119,15 @@ def test_delay_inside_a_branch_followed_by_steps_still_waits() -> None:
     h.profile(properties={"vip": True})
     assert kinds(h.event(event("e1"))) == ["entered"]
     assert kinds(h.wake(T0 + HOUR)) == ["webhook:after:send", "completed"]
+
+
+def test_preview_says_a_final_delay_is_skipped() -> None:
+    """`flowhook preview` marks a delay with nothing after it as skipped, and not one that waits."""
+    from processor.flows.preview import preview
+
+    split = {"split": {"if": [{"property": "vip", "op": "eq", "value": True}], "then": [{"delay": "1h"}]}}
+    lines = preview(flow(steps=[{"delay": "2h"}, webhook("w"), split]), event("e1"),
+                    {"id": "p1", "properties": {"vip": True}}).lines
+    assert "then wait 2h" in lines
+    skipped = "then wait 1h (skipped: nothing follows it, as Klaviyo skips a delay at the end)"
+    assert any(line.strip() == skipped for line in lines), lines

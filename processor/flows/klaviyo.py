@@ -92,7 +92,7 @@ def _field_warning(root: str, field: str, line: int) -> list[tuple[str, int]]:
 
 # --- text bodies: tags that know where they stand in the JSON -------------------------
 
-_ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
 def json_text_template(source: str) -> str:
@@ -100,9 +100,9 @@ def json_text_template(source: str) -> str:
     out: list[str] = []
     in_string = False
     position = 0
-    for match in _ANY_TAG.finditer(source):
+    for match in ANY_TAG.finditer(source):
         literal = source[position:match.start()]
-        in_string = _track_quotes(literal, in_string)
+        in_string = track_quotes(literal, in_string)
         out.append(literal)
         tag = match.group(0)
         if tag.startswith("{{"):
@@ -114,7 +114,7 @@ def json_text_template(source: str) -> str:
     return "".join(out)
 
 
-def _track_quotes(literal: str, in_string: bool) -> bool:
+def track_quotes(literal: str, in_string: bool) -> bool:
     """Whether the text after `literal` is inside a JSON string, given where it started."""
     escaped = False
     for char in literal:

@@ -229,7 +229,9 @@ def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: lis
 
 
 def _text_start(node: yaml.Node, path: PathKey, lines: dict[Any, Any]) -> None:
-    if isinstance(node, yaml.ScalarNode):
+    """Where a scalar's text starts, when its lines are the file's lines: block (`|`) and plain
+    scalars. A quoted one (all of JSON) may hold `\\n` escapes: its problems stay on its field line."""
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">", None, ""):
         block = node.style in ("|", ">")
         lines[(*path, TEXT_START)] = node.start_mark.line + (2 if block else 1)
 
