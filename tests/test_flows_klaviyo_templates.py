@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from processor.flows import klaviyo, values
+from processor.flows import klaviyo
 from processor.flows import templates as t
+from tests.test_flows_templates import render as render_leaf
 
 EVENT = {"id": "evt_1", "metric": "Placed Order", "time": "2026-11-27T10:00:00Z",
          "properties": {"$value": 19.5, "$extra": {"n": 2}, "Items": [{"sku": "A"}, {"sku": "B"}],
@@ -18,13 +19,8 @@ PROFILE = {"id": "p_1", "email": "a@example.com", "first_name": "ann",
 
 
 def render(source: str) -> Any:
-    """One leaf rendered (a lone tag keeps its type)."""
-    token = values.new_budget()
-    try:
-        variables = t.variables_for(event=EVENT, profile=PROFILE, flow_id="f", flow_name="F")
-        return t.compile_leaf(source).render_value(variables)
-    finally:
-        values.end_budget(token)
+    """One leaf rendered with this module's event and profile (a lone tag keeps its type)."""
+    return render_leaf(source, EVENT, PROFILE)
 
 
 @pytest.mark.parametrize(("source", "expected"), [
