@@ -28,8 +28,8 @@ from typing import Any
 import orjson
 
 from processor import records
-from processor.dispatch.replay import read_copies, read_latest_outcomes
-from processor.kafka import ensure_topics, make_producer
+from processor.dispatch.replay import fresh_attempt
+from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -95,8 +95,9 @@ def select(queue: Sequence[HeldDelivery], selection: Selection) -> list[HeldDeli
 
 
 def released(due: dict[str, Any]) -> dict[str, Any]:
-    """A held record as a fresh first try that the dispatcher sends (same delivery id)."""
-    return {**due, "mode": "send", "error": None, "attempt": 1, "not_before": None, "first_attempt_at": None}
+    """A held record as a fresh first try that the dispatcher sends (same delivery id), made
+    the way replay makes one."""
+    return {**fresh_attempt(due), "mode": "send", "error": None}
 
 
 def cancelled(due: dict[str, Any]) -> dict[str, Any]:
@@ -107,11 +108,37 @@ def cancelled(due: dict[str, Any]) -> dict[str, Any]:
 # --- the Kafka edge ----------------------------------------------------------------------
 
 
+async def _read_held(settings: Settings, idle_s: float) -> list[tuple[int, dict[str, Any]]]:
+    # Like replay's dead-letter reader; kept apart until replay's readers settle (reliability
+    # is reworking them): then both read through one.
+    found = []
+    async for record in read_records(settings, settings.topics.held, idle_s=idle_s):
+        try:
+            value = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            log.warning("held_record_unreadable", partition=record.partition, offset=record.offset)
+            continue
+        if isinstance(value, dict) and isinstance(value.get("delivery_id"), str):
+            found.append((record.timestamp, value))
+    return found
+
+
+async def _latest_outcomes(settings: Settings, idle_s: float) -> dict[str, str]:
+    latest: dict[str, str] = {}
+    async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
+        try:
+            value = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and value.get("type") == "delivery":
+            latest[value["delivery_id"]] = value["outcome"]
+    return latest
+
+
 async def read_queue(settings: Settings, *, idle_s: float = 1.0) -> list[HeldDelivery]:
     """The Needs-Review queue as the topics hold it now, oldest first."""
     await ensure_topics(settings, [settings.topics.held, settings.topics.results])
-    held, latest = await asyncio.gather(read_copies(settings, settings.topics.held, idle_s),
-                                        read_latest_outcomes(settings, idle_s))
+    held, latest = await asyncio.gather(_read_held(settings, idle_s), _latest_outcomes(settings, idle_s))
     return sorted(pending(held, latest), key=lambda h: h.held_at_ms)
 
 

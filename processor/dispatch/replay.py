@@ -83,26 +83,24 @@ def select(
     ]
 
 
-async def read_copies(settings: Settings, topic: str, idle_s: float) -> list[tuple[int, dict[str, Any]]]:
-    """(timestamp, record) of every webhook-due copy on a topic (dead letters, held deliveries)."""
+async def _read_dead(settings: Settings, idle_s: float) -> list[tuple[int, dict[str, Any]]]:
     found = []
-    async for record in read_records(settings, topic, idle_s=idle_s):
+    async for record in read_records(settings, settings.topics.dead_letter, idle_s=idle_s):
         try:
             found.append((record.timestamp, orjson.loads(record.value)))
         except orjson.JSONDecodeError:
-            log.warning("copy_unreadable", topic=topic, partition=record.partition, offset=record.offset)
+            log.warning("dead_letter_unreadable", partition=record.partition, offset=record.offset)
     return found
 
 
-async def read_latest_outcomes(settings: Settings, idle_s: float) -> dict[str, str]:
-    """The latest outcome of every delivery on the results topic."""
+async def _read_latest_outcomes(settings: Settings, idle_s: float) -> dict[str, str]:
     latest: dict[str, str] = {}
     async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
         try:
             value = orjson.loads(record.value)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(value, dict) and value.get("type") == "delivery":
+        if value.get("type") == "delivery":
             latest[value["delivery_id"]] = value["outcome"]
     return latest
 
@@ -110,8 +108,7 @@ async def read_latest_outcomes(settings: Settings, idle_s: float) -> dict[str, s
 async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: float = 2.0) -> dict[str, int]:
     """Re-queue the selected dead deliveries on the webhooks topic; counts of replayed and skipped."""
     await ensure_topics(settings)
-    dead, latest = await asyncio.gather(read_copies(settings, settings.topics.dead_letter, idle_s),
-                                        read_latest_outcomes(settings, idle_s))
+    dead, latest = await asyncio.gather(_read_dead(settings, idle_s), _read_latest_outcomes(settings, idle_s))
     chosen = select(dead, latest, selection)
     producer = make_producer(settings)
     await producer.start()
