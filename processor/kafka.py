@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from processor import constants as c
+from processor.errors import FlowhookError
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -130,3 +132,29 @@ async def wait_for_broker(settings: Settings, wait_s: float = 20.0) -> None:
         finally:
             await admin.close()
     raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error}")
+
+
+class CopyAsideFailed(FlowhookError):
+    """A refused record's invalid-input copy could not be written: the worker stops."""
+
+
+async def send_with_retries(
+    producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes, *, source: str,
+    tries: int = c.INVALID_COPY_TRIES,
+) -> None:
+    """Produce one record and wait for its ack, up to `tries` times with a growing pause;
+    then raise CopyAsideFailed naming `source` (the refused record's topic/partition/offset)."""
+    error: BaseException | None = None
+    for attempt in range(tries):
+        try:
+            ack = await producer.send(topic, value, key=key)
+            await ack
+            return
+        except KafkaError as exc:
+            error = exc
+            log.warning("copy_aside_retry", source=source, topic=topic, attempt=attempt + 1, error=repr(exc))
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+    raise CopyAsideFailed(
+        f"cannot copy the refused record {source} to {topic} after {tries} tries ({error!r}); "
+        f"stopping so that it is not skipped: fix the cause and restart"
+    )

@@ -51,7 +51,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from processor import constants as c
-from processor import records
+from processor import records, strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
@@ -63,13 +63,13 @@ from processor.dispatch.delivery import (
     prepare,
     send,
 )
-from processor.dispatch.due_check import looks_usable
+from processor.dispatch.due_check import implausible, looks_usable
 from processor.dispatch.outcomes import Output
 from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
-from processor.kafka import ensure_topics, make_producer, wait_for_broker
+from processor.kafka import CopyAsideFailed, ensure_topics, make_producer, send_with_retries, wait_for_broker
 from processor.logs import get_logger
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
@@ -128,11 +128,13 @@ class PartitionOffsets:
 def decode(record: ConsumerRecord) -> tuple[dict[str, Any] | None, str | None]:
     """(webhook-due record, None) or (None, why it cannot be used)."""
     try:
-        due = orjson.loads(record.value)
-    except (orjson.JSONDecodeError, TypeError) as exc:
-        return None, f"not JSON: {exc}"
+        # No limit on string length: a webhook-due record's body is one long string.
+        due = strict_json.loads(record.value, max_string_bytes=None)
+    except strict_json.NotUsable as exc:
+        return None, str(exc)
     if looks_usable(due):  # the hot path: a cheap check instead of the full schema validator
-        return due, None
+        absurd = implausible(due, now_ms())
+        return (due, None) if absurd is None else (None, f"not a usable webhook-due record: {absurd}")
     # Only for a record the cheap check refuses: the schema's reason, or the check's own.
     error = records.validation_error("webhook", due) or "an id is not exactly of its pattern"
     return None, f"not a webhook-due record: {error}"
@@ -211,6 +213,9 @@ class Dispatcher:
         if lane.offsets.get(work.tp) is not work.tracker:  # revoked meanwhile: the next owner has it
             lane.release()
             return
+        if work.due is None:
+            await self._copy_aside(work)
+            return
         handed_off = False
         try:
             outputs = await self.outputs_for(work.record, work.due, work.reason, lane.window)
@@ -225,6 +230,22 @@ class Dispatcher:
             if not handed_off:
                 lane.release()
             lane.last_activity = time.monotonic()
+
+    async def _copy_aside(self, work: Work) -> None:
+        """An unusable record: its invalid-input copy, acknowledged (retried), then its offset
+        is done; if the copy cannot be written the dispatcher stops with one line naming it."""
+        record = work.record
+        output = outcomes.invalid_input(self.topics, record, work.reason or "unusable")
+        try:
+            assert self.producer is not None
+            await send_with_retries(self.producer, output.topic, output.key, output.value,
+                                    source=f"{record.topic}/{record.partition}/{record.offset}")
+            work.tracker.finish(record.offset)
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            work.lane.release()
+            work.lane.last_activity = time.monotonic()
 
     def _acked(self, work: Work, ack: asyncio.Future[Any]) -> None:
         try:
@@ -621,6 +642,8 @@ async def run_dispatcher(
         await _run_lanes(core, lanes, stop)
     finally:
         await asyncio.shield(_close(core, lanes))
+    if isinstance(core.fatal, CopyAsideFailed):
+        raise core.fatal
     if core.fatal is not None:
         raise DispatcherError(f"an outcome could not be written: {core.fatal!r}") from core.fatal
 
