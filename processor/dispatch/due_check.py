@@ -29,7 +29,7 @@ _DELIVERY_ID = re.compile(r"dlv_[0-9a-f]{24}")
 _RUN_ID = re.compile(r"run_[0-9a-f]{24}")
 _MODES = frozenset({"send", "held", "invalid"})
 _METHODS = frozenset({"POST", "PUT", "PATCH"})
-_OPTIONAL_STRINGS = ("flow_name", "error", "not_before", "first_attempt_at", "dead_reason")
+_OPTIONAL_STRINGS = ("flow_name", "error", "not_before", "first_attempt_at", "dead_reason", "replayed_at")
 
 
 def _integer(value: Any, minimum: int) -> bool:

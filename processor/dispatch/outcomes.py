@@ -28,6 +28,7 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    attempt_made: bool = True  # False for the outputs of a deferred try (not an attempt)
 
 
 def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:

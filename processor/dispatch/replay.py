@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from processor.clock import now_ms, parse_iso_ms
+from processor.clock import iso, now_ms, parse_iso_ms
 from processor.durations import DurationError, parse_duration_ms
 from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import get_logger
@@ -60,10 +60,13 @@ def parse_time(text: str | None, now: int | None = None) -> int | None:
         raise ValueError(f"{text!r} is neither an ISO-8601 time nor a duration like 2h") from None
 
 
-def fresh_attempt(dead: dict[str, Any]) -> dict[str, Any]:
-    """A dead-letter record as a new first try, keeping its delivery id (the webhook-id)."""
-    again = {k: v for k, v in dead.items() if k != "dead_reason"}
-    again.update(attempt=1, not_before=None, first_attempt_at=None)
+def fresh_attempt(dead: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    """A dead-letter record as a new first try, keeping its delivery id (the webhook-id).
+    `replayed_at` tells the dispatcher that attempt 1 is meant to be made again (see
+    `dispatch.dedupe`): only attempts made since then count for this record."""
+    again = {k: v for k, v in dead.items() if k not in ("dead_reason", "deferrals", "last_attempt")}
+    again.update(attempt=1, not_before=None, first_attempt_at=None,
+                 replayed_at=iso(now if now is not None else now_ms()))
     return again
 
 

@@ -55,6 +55,7 @@ from processor import records, strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
+from processor.dispatch.dedupe import Attempts
 from processor.dispatch.delivery import (
     Attempt,
     RequestRefused,
@@ -69,7 +70,14 @@ from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
-from processor.kafka import CopyAsideFailed, ensure_topics, make_producer, send_with_retries, wait_for_broker
+from processor.kafka import (
+    CopyAsideFailed,
+    ensure_topics,
+    make_producer,
+    make_reader,
+    send_with_retries,
+    wait_for_broker,
+)
 from processor.logs import get_logger
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
@@ -93,7 +101,9 @@ class DispatcherOptions:
     per_destination: int = c.DEFAULT_PER_DESTINATION
     drain_idle_s: float | None = None  # burst mode: exit once idle this long
     shutdown_deadline_s: float = 10.0
-    commit_interval_s: float = 1.0
+    # Often: a dispatcher taking over a partition skips what its predecessor finished (see
+    # `dedupe`), but every commit also shortens what it has to look through.
+    commit_interval_s: float = 0.2
     breaker_threshold: int = DEFAULT_THRESHOLD
     breaker_cooldown_ms: int = DEFAULT_COOLDOWN_MS
 
@@ -196,6 +206,7 @@ class Dispatcher:
         self.outstanding_retries: set[tuple[str, int]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.attempts = Attempts()
 
     def fail(self, exc: BaseException) -> None:
         """Stop everything: an outcome could not be made or written."""
@@ -213,23 +224,37 @@ class Dispatcher:
         if lane.offsets.get(work.tp) is not work.tracker:  # revoked meanwhile: the next owner has it
             lane.release()
             return
-        if work.due is None:
+        due = work.due
+        if due is None:
             await self._copy_aside(work)
             return
+        if self.attempts.made(due):  # read again (a re-emit or a re-read): sent already
+            self._skip(work)
+            return
+        self.attempts.begin(due)
         handed_off = False
         try:
-            outputs = await self.outputs_for(work.record, work.due, work.reason, lane.window)
+            outputs = await self.outputs_for(work.record, due, work.reason, lane.window)
             self.retry_produced(outputs)
             acks = await self.send_outputs(outputs)
             ack = acks[0] if len(acks) == 1 else asyncio.gather(*acks)
-            ack.add_done_callback(lambda done: self._acked(work, done))
+            made = all(o.attempt_made for o in outputs)
+            ack.add_done_callback(lambda done: self._acked(work, done, made))
             handed_off = True
         except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
             self.fail(exc)
         finally:
             if not handed_off:
+                self.attempts.end(due, finished_ms=None)
                 lane.release()
             lane.last_activity = time.monotonic()
+
+    def _skip(self, work: Work) -> None:
+        self.attempts.skipped += 1
+        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due["attempt"])
+        work.tracker.finish(work.record.offset)
+        work.lane.release()
+        work.lane.last_activity = time.monotonic()
 
     async def _copy_aside(self, work: Work) -> None:
         """An unusable record: its invalid-input copy, acknowledged (retried), then its offset
@@ -247,7 +272,8 @@ class Dispatcher:
             work.lane.release()
             work.lane.last_activity = time.monotonic()
 
-    def _acked(self, work: Work, ack: asyncio.Future[Any]) -> None:
+    def _acked(self, work: Work, ack: asyncio.Future[Any], made: bool) -> None:
+        finished: int | None = None
         try:
             if ack.cancelled():
                 return  # not written: the offset stays uncommitted
@@ -256,8 +282,22 @@ class Dispatcher:
                 self.fail(error)
             else:
                 work.tracker.finish(work.record.offset)
+                finished = now_ms() if made else None
         finally:
+            assert work.due is not None
+            self.attempts.end(work.due, finished_ms=finished)
             work.lane.release()
+
+    async def learn_attempts(self, since_ms: dict[int, int]) -> None:
+        """Read the results partitions co-partitioned with newly assigned ones (results of
+        partition p for records of partition p) from a little before `since_ms[p]` (the
+        timestamp of the first record to handle there) until idle: the attempts made."""
+        reader = make_reader(self.settings, fetch_max_wait_ms=100)
+        await reader.start()
+        try:
+            await _read_attempts(reader, self.topics.results, since_ms, self.attempts)
+        finally:
+            await reader.stop()
 
     async def outputs_for(
         self,
@@ -380,6 +420,7 @@ class Lane:
         self.buffers: dict[TopicPartition, deque[Buffered]] = {}
         self.assigned = False
         self.last_activity = time.monotonic()
+        self.learned: set[int] = set()  # partitions whose attempts made were read since assigned
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -402,6 +443,7 @@ class Lane:
         for tp in revoked:
             self.offsets.pop(tp, None)
             self.buffers.pop(tp, None)
+            self.learned.discard(tp.partition)
         log.info("partitions_revoked", lane=self.name, partitions=len(revoked))
 
     async def finish_in_flight(self, deadline_s: float) -> None:
@@ -469,10 +511,23 @@ class Lane:
             )
             if batch:
                 self.last_activity = time.monotonic()
+                await self._learn(batch)
             for tp, recs in batch.items():
                 await (self._buffer(tp, recs) if self.delayed else self._start_all(tp, recs))
             if self.delayed:
                 await self._start_due()
+
+    async def _learn(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Before the first records of a partition since its assignment: the attempts already
+        made for it (see `dedupe`), so what a crashed predecessor finished is not sent again."""
+        since: dict[int, int] = {}
+        for tp, recs in batch.items():
+            if tp.partition not in self.learned and recs:
+                since[tp.partition] = min(since.get(tp.partition, recs[0].timestamp), recs[0].timestamp)
+        if not since:
+            return
+        await self.core.learn_attempts(since)
+        self.learned.update(since)
 
     def _poll_timeout_ms(self) -> int:
         if not self.buffers:
@@ -527,6 +582,46 @@ class Lane:
         if not self.assigned or self.taken or self.buffers:
             return None
         return time.monotonic() - self.last_activity
+
+
+# Results of a record are written after it was produced; this covers clock skew between hosts.
+LEARN_SKEW_MS = 60_000
+LEARN_TAIL_S = 0.3
+
+
+async def _read_attempts(
+    reader: AIOKafkaConsumer, topic: str, since_ms: dict[int, int], into: Attempts
+) -> None:
+    """Read each partition from its start time to the end it had when we began (plus up to
+    LEARN_TAIL_S more: the embedded broker reports the end as its last batch's first offset),
+    never following new records: the processor keeps writing run results there."""
+    tps = {TopicPartition(topic, p): max(0, at - LEARN_SKEW_MS) for p, at in since_ms.items()}
+    reader.assign(list(tps))
+    starts = await reader.offsets_for_times(tps)
+    ends = await reader.end_offsets(list(tps))
+    reading = {tp: ends[tp] for tp, found in starts.items() if found is not None and found.offset < ends[tp]}
+    idle = [tp for tp in tps if tp not in reading]
+    if idle:
+        reader.pause(*idle)
+    for tp in reading:
+        reader.seek(tp, starts[tp].offset)
+    learned, reached_at = 0, None
+    while reading and (reached_at is None or time.monotonic() - reached_at < LEARN_TAIL_S):
+        batch = await reader.getmany(timeout_ms=100, max_records=5000)
+        for recs in batch.values():
+            for record in recs:
+                with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                    into.learn(orjson.loads(record.value))
+                learned += 1
+        if not batch and reached_at is not None:
+            break
+        if reached_at is None and all(await _positions_reached(reader, reading)):
+            reached_at = time.monotonic()
+    log.info("attempts_learned", partitions=sorted(since_ms), results_read=learned, remembered=len(into))
+
+
+async def _positions_reached(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[bool]:
+    return [await reader.position(tp) >= end for tp, end in ends.items()]
 
 
 async def _commit_loop(lanes: list[Lane], interval_s: float) -> None:
