@@ -99,7 +99,7 @@ def delivery_result(
         "http_status": http_status,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),
         "error": None if error is None else error[:500],
-        "response_excerpt": _excerpt(response_excerpt),
+        "response_excerpt": excerpt(response_excerpt),
         "due_at": due["due_at"],
         "sent_at": _iso_ms(sent_at_ms) if sent_at_ms is not None else None,
         "finished_at": _iso_ms(finished_at_ms if finished_at_ms is not None else now_ms()),
@@ -127,7 +127,8 @@ def _iso_ms(ms: int) -> str:
     return f"{prefix}.{millis:03d}Z"
 
 
-def _excerpt(text: str | None) -> str | None:
+def excerpt(text: str | None) -> str | None:
+    """At most RESPONSE_EXCERPT_BYTES of a response text, cut on a character boundary."""
     if text is None:
         return None
     data = text.encode()[: c.RESPONSE_EXCERPT_BYTES]

@@ -66,7 +66,7 @@ def _final(results: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
-    """A down destination opens its circuit (no request, `circuit open`); once up, a probe closes it."""
+    """A down destination opens its circuit (tries deferred, no request); once up, a probe closes it."""
     port = free_port()
     receiver = ScriptedReceiver()
     dues = [due_record(f"http://127.0.0.1:{port}/hook", retry_ms=[300] * 20) for _ in range(6)]
@@ -77,7 +77,7 @@ async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
         _drain(settings, per_destination=1, breaker_threshold=3, breaker_cooldown_ms=1_000)
     )
     try:
-        await _wait_for(lambda: any(r["error"] == "circuit open" for r in seen))
+        await _wait_for(lambda: any(r.get("deferred") for r in seen))
         await receiver.start(port)  # the destination comes back
         await dispatcher
     finally:
@@ -87,9 +87,10 @@ async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
     check_results(results)
     assert set(_final(results).values()) == {"delivered"}
     refused = [r for r in results if r["error"] and r["error"].startswith("connect_error")]
-    skipped = [r for r in results if r["error"] == "circuit open"]
+    skipped = [r for r in results if r.get("deferred")]
     assert len(refused) >= 3 and skipped
     assert all(r["sent_at"] is None and r["outcome"] == "retry_scheduled" for r in skipped)
+    assert all(r["error"].startswith("deferred: circuit open for 127.0.0.1:") for r in skipped)
     assert len(receiver.hits) == len(dues)  # nothing was sent twice once it was up
 
 

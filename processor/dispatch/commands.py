@@ -7,6 +7,7 @@ import gc
 import click
 
 from processor import constants as c
+from processor.dispatch.breaker import DEFAULT_THRESHOLD
 
 
 def _tune_gc() -> None:
@@ -43,24 +44,45 @@ def _tune_gc() -> None:
     metavar="SECONDS",
     help="Burst mode: exit once the input has been idle this long and nothing is in flight.",
 )
+@click.option(
+    "--breaker-threshold",
+    type=click.IntRange(min=1),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    envvar="FLOWHOOK_BREAKER_THRESHOLD",
+    help="Failures in a row that open a destination's circuit (env FLOWHOOK_BREAKER_THRESHOLD).",
+)
+@click.option(
+    "--breaker-open",
+    default="5s",
+    show_default=True,
+    envvar="FLOWHOOK_BREAKER_OPEN",
+    metavar="DURATION",
+    help="How long an open circuit defers tries before one probe (env FLOWHOOK_BREAKER_OPEN).",
+)
 def dispatcher(
-    brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None
+    brokers: str | None,
+    concurrency: int,
+    per_destination: int,
+    drain_idle_s: float | None,
+    breaker_threshold: int,
+    breaker_open: str,
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
     from processor.cli import load_settings, run_async
-    from processor.dispatch.worker import run_dispatcher
+    from processor.dispatch.worker import DispatcherOptions, run_dispatcher
+    from processor.durations import DurationError, parse_duration_ms
 
+    try:
+        open_ms = parse_duration_ms(breaker_open)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--breaker-open") from None
     settings = load_settings(brokers=brokers)
+    options = DispatcherOptions(concurrency=concurrency, per_destination=per_destination,
+                                drain_idle_s=drain_idle_s, breaker_threshold=breaker_threshold,
+                                breaker_cooldown_ms=open_ms)
     _tune_gc()
-    run_async(
-        run_dispatcher(
-            settings,
-            concurrency=concurrency,
-            per_destination=per_destination,
-            drain_idle_s=drain_idle_s,
-            handle_signals=True,
-        )
-    )
+    run_async(run_dispatcher(settings, handle_signals=True, options=options))
 
 
 @click.command()

@@ -56,6 +56,7 @@ from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
 from processor.dispatch.dedupe import Attempts
+from processor.dispatch.deferrals import Deferrals
 from processor.dispatch.delivery import (
     Attempt,
     RequestRefused,
@@ -68,7 +69,7 @@ from processor.dispatch.due_check import implausible, looks_usable
 from processor.dispatch.outcomes import Output
 from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
-from processor.dispatch.retry_policy import FailureKind
+from processor.dispatch.secrets import SecretMissing
 from processor.errors import FlowhookError
 from processor.kafka import (
     CopyAsideFailed,
@@ -207,6 +208,7 @@ class Dispatcher:
         self.session: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
         self.attempts = Attempts()
+        self.deferrals = Deferrals(self.rng)
 
     def fail(self, exc: BaseException) -> None:
         """Stop everything: an outcome could not be made or written."""
@@ -334,13 +336,16 @@ class Dispatcher:
             )
         except RequestRefused as refused:
             return outcomes.after_attempt(self.topics, due, refused.attempt, self.rng)
+        except SecretMissing as missing:
+            return self._defer(due, f"secret {missing.name} is not set", self.deferrals.secret_wait_ms(due),
+                               key=f"secret:{missing.name}")
         rate = due["options"].get("rate_limit")
         if rate:
             await self.rate_limits.acquire(prepared.destination, rate)
         breaker = self.breakers.get(prepared.destination)
         if not breaker.allow(now_ms()):
-            attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
-            return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+            wait = self.deferrals.breaker_wait_ms(breaker, now_ms())
+            return self._defer(due, f"circuit open for {prepared.destination}", wait, key="circuit_open")
         try:
             async with window:
                 assert self.session is not None
@@ -352,6 +357,11 @@ class Dispatcher:
         if attempt.failure is not None:
             log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
         return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+
+    def _defer(self, due: dict[str, Any], reason: str, wait_ms: int, *, key: str) -> list[Output]:
+        """A try not made: counted and logged (by secret name, never value), then re-queued."""
+        self.deferrals.count(key, due["delivery_id"], reason)
+        return outcomes.deferred(self.topics, due, reason=reason, wait_ms=wait_ms, now=now_ms())
 
     def _update_breaker(self, destination: str, attempt: Attempt) -> None:
         breaker = self.breakers.get(destination)

@@ -1,0 +1,118 @@
+"""Deferred tries are not attempts (SPEC §3): an open circuit and a missing secret cost time only."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from processor.dispatch.worker import DispatcherOptions, run_dispatcher
+from processor.settings import Settings
+from tests.dispatch_helpers import (
+    ScriptedReceiver,
+    always,
+    by_delivery,
+    check_results,
+    due_record,
+    produce,
+    read_values,
+)
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    return settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+
+
+async def _drain(settings: Settings, **options: Any) -> None:
+    opts = DispatcherOptions(**{"drain_idle_s": 1.0, **options})
+    await asyncio.wait_for(run_dispatcher(settings, options=opts), timeout=90)
+
+
+def _down_for(seconds: float) -> Any:
+    """503 for the first `seconds` after the first request, then 200 (a deploy)."""
+    started: list[float] = []
+
+    async def behaviour(_request: web.Request, _seen: int) -> web.StreamResponse:
+        started.append(time.monotonic())
+        if time.monotonic() - started[0] < seconds:
+            return web.Response(status=503, body=b"deploying")
+        return web.json_response({"ok": True})
+
+    return behaviour
+
+
+async def test_an_open_circuit_spends_no_retries_and_dead_keeps_the_last_status(settings: Settings) -> None:
+    """A destination that always answers 500, retry [200ms, 200ms], a breaker that opens after 3:
+    every delivery still gets its 3 real tries, and `dead` carries HTTP 500 and the response."""
+    receiver = await ScriptedReceiver({"/down": always(500, body=b'{"error": "boom"}')}).start()
+    dues = [due_record(receiver.url("/down"), retry_ms=[200, 200]) for _ in range(5)]
+    await produce(settings, dues)
+    try:
+        await _drain(settings, per_destination=2, breaker_threshold=3, breaker_cooldown_ms=300)
+    finally:
+        await receiver.stop()
+    results = await read_values(settings, settings.topics.results)
+    check_results(results)
+    grouped = by_delivery(results)
+    assert any(r.get("deferred") for r in results)  # the circuit did open
+    for due in dues:
+        assert len(receiver.hits_for(due["delivery_id"])) == 3
+        real = [r for r in grouped[due["delivery_id"]] if not r.get("deferred")]
+        assert [(r["attempt"], r["outcome"]) for r in real] == [
+            (1, "retry_scheduled"), (2, "retry_scheduled"), (3, "dead")]
+        dead = real[-1]
+        assert dead["http_status"] == 500 and "boom" in dead["response_excerpt"]
+        assert "retries exhausted after 3 attempts" in dead["error"]
+
+
+async def test_a_destination_down_for_a_deploy_loses_no_delivery(settings: Settings) -> None:
+    """503 for 2 s, then up; retry [300ms, 300ms]; the breaker opens: every delivery ends delivered."""
+    receiver = await ScriptedReceiver({"/deploy": _down_for(2.0)}).start()
+    dues = [due_record(receiver.url("/deploy"), retry_ms=[300, 300]) for _ in range(30)]
+    await produce(settings, dues)
+    try:
+        await _drain(settings, per_destination=4, breaker_threshold=3, breaker_cooldown_ms=500)
+    finally:
+        await receiver.stop()
+    results = await read_values(settings, settings.topics.results)
+    final = {d: rs[-1]["outcome"] for d, rs in by_delivery(results).items()}
+    assert set(final.values()) == {"delivered"} and len(final) == len(dues)
+    assert any(r.get("deferred") for r in results)
+
+
+async def test_a_missing_secret_waits_until_it_is_set(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A delivery whose header needs an unset secret is deferred (named, not sent); once the
+    secret is set, the next try sends it with the secret, and nothing is marked invalid."""
+    monkeypatch.delenv("FLOWHOOK_SECRET_LATE_TOKEN", raising=False)
+    value = "late-" + uuid.uuid4().hex
+    receiver = await ScriptedReceiver().start()
+    headers = {"Authorization": "Bearer {{ secrets.LATE_TOKEN }}"}
+    due = due_record(receiver.url("/late"), secret_headers=headers)
+    await produce(settings, [due])
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_dispatcher(settings, options=DispatcherOptions(), stop=stop))
+    try:
+        deadline = time.monotonic() + 30
+        while not any(r.get("deferred") for r in await read_values(settings, settings.topics.results, 0.3)):
+            assert time.monotonic() < deadline and not task.done()
+        assert not receiver.hits
+        monkeypatch.setenv("FLOWHOOK_SECRET_LATE_TOKEN", value)
+        while not receiver.hits:
+            assert time.monotonic() < deadline + 15 and not task.done()
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await receiver.stop()
+    assert receiver.hits[0].headers["Authorization"] == f"Bearer {value}"
+    results = await read_values(settings, settings.topics.results)
+    outcomes = [(r["attempt"], r["outcome"], bool(r.get("deferred"))) for r in results]
+    assert outcomes == [(1, "retry_scheduled", True), (1, "delivered", False)]
+    assert "secret LATE_TOKEN is not set" in results[0]["error"] and value not in str(results)
