@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 import uuid
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from processor.dispatch.replay import ReplayFilter, replay
 from processor.dispatch.worker import DispatcherOptions, run_dispatcher
 from processor.settings import Settings
 from tests.dispatch_helpers import (
@@ -116,3 +119,32 @@ async def test_a_missing_secret_waits_until_it_is_set(
     outcomes = [(r["attempt"], r["outcome"], bool(r.get("deferred"))) for r in results]
     assert outcomes == [(1, "retry_scheduled", True), (1, "delivered", False)]
     assert "secret LATE_TOKEN is not set" in results[0]["error"] and value not in str(results)
+
+
+async def test_replay_outcome_failed_and_invalid_sends_those_again(settings: Settings) -> None:
+    """`replay --outcome failed` re-sends only failed deliveries, `--outcome invalid` only invalid
+    ones, each with its original webhook-id; dead ones stay dead."""
+    receiver = await ScriptedReceiver({"/f": always(400), "/d": always(503)}).start()
+    failed = [due_record(receiver.url("/f")) for _ in range(2)]
+    invalid = due_record(receiver.url("/i"), mode="invalid", error="body is not JSON")
+    dead = due_record(receiver.url("/d"), retry_ms=[])
+    await produce(settings, [*failed, invalid, dead])
+    try:
+        await _drain(settings)
+        receiver.behaviours = {"/d": always(503)}  # the failing destination is fixed
+        env = {**os.environ, **settings.as_env()}
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "processor", "replay", "--outcome", "failed", "--idle", "1", env=env
+        )
+        assert await asyncio.wait_for(cli.wait(), 60) == 0
+        counts = await replay(settings, ReplayFilter(), outcome="invalid", idle_s=1.0)
+        await _drain(settings)
+    finally:
+        await receiver.stop()
+    assert counts == {"replayed": 1, "skipped": 0}
+    grouped = by_delivery(await read_values(settings, settings.topics.results))
+    for due in failed:
+        assert [r["outcome"] for r in grouped[due["delivery_id"]]] == ["failed", "delivered"]
+        assert len(receiver.hits_for(due["delivery_id"])) == 2
+    assert [r["outcome"] for r in grouped[invalid["delivery_id"]]] == ["invalid", "invalid"]
+    assert [r["outcome"] for r in grouped[dead["delivery_id"]]] == ["dead"]

@@ -96,13 +96,16 @@ def dispatcher(
 @click.option(
     "--until", default=None, help="Only deliveries that died before TIME (ISO-8601 or a duration ago)."
 )
+@click.option("--outcome", type=click.Choice(["dead", "failed", "invalid"]), default="dead",
+              show_default=True, help="Which deliveries to send again: those whose latest outcome is this.")
 @click.option("--idle", default=2.0, show_default=True, help="Seconds without new records that end reading.")
 def replay(
-    brokers: str | None, flow_id: str | None, since: str | None, until: str | None, idle: float
+    brokers: str | None, flow_id: str | None, since: str | None, until: str | None, outcome: str, idle: float
 ) -> None:
-    """Send dead deliveries again, as fresh attempts with their original webhook-id."""
+    """Send dead (or failed, or invalid) deliveries again, as fresh attempts with their webhook-id."""
     from processor.cli import load_settings, run_async
-    from processor.dispatch.replay import ReplayFilter, parse_time, replay_dead
+    from processor.dispatch.replay import ReplayFilter, parse_time
+    from processor.dispatch.replay import replay as replay_outcome
 
     try:
         selection = ReplayFilter(flow_id=flow_id, since_ms=parse_time(since), until_ms=parse_time(until))
@@ -112,11 +115,11 @@ def replay(
     counts: dict[str, int] = {}
 
     async def main() -> None:
-        counts.update(await replay_dead(settings, selection, idle_s=idle))
+        counts.update(await replay_outcome(settings, selection, outcome=outcome, idle_s=idle))
 
     run_async(main())
     click.echo(
-        f"replayed {counts.get('replayed', 0)} dead deliveries "
-        f"({counts.get('skipped', 0)} skipped: outside the filter or delivered since)",
+        f"replayed {counts.get('replayed', 0)} {outcome} deliveries "
+        f"({counts.get('skipped', 0)} skipped: outside the filter or another outcome since)",
         err=True,
     )
