@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +149,27 @@ async def test_replay_outcome_failed_and_invalid_sends_those_again(settings: Set
         assert len(receiver.hits_for(due["delivery_id"])) == 2
     assert [r["outcome"] for r in grouped[invalid["delivery_id"]]] == ["invalid", "invalid"]
     assert [r["outcome"] for r in grouped[dead["delivery_id"]]] == ["dead"]
+
+
+def test_dev_sets_the_example_secrets_and_names_the_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flowhook dev` gives the example flows their demo secrets and names any other one missing
+    (by variable name only); a secret already in the environment is left alone."""
+    from structlog.testing import capture_logs
+
+    from processor.devserver import example_secrets
+    from processor.stack import read_definition
+    from tests.engine_helpers import definition
+
+    monkeypatch.delenv("FLOWHOOK_SECRET_DIRECT_MAIL_TOKEN", raising=False)
+    monkeypatch.delenv("FLOWHOOK_SECRET_NOT_AN_EXAMPLE", raising=False)
+    monkeypatch.setenv("FLOWHOOK_SECRET_CRM_TOKEN", "mine")
+    examples = Path(__file__).resolve().parents[1] / "examples" / "flows"
+    ours = definition("x", steps=[{"webhook": {"id": "h", "url": "https://example.com/h",
+                                               "headers": {"X-Key": "{{ secrets.NOT_AN_EXAMPLE }}"}}}])
+    defs = [read_definition(examples / "order-to-direct-mail.yaml"),
+            read_definition(examples / "subscriber-to-crm.yaml"), ours]
+    with capture_logs() as logs:
+        env = example_secrets(defs)
+    assert set(env) == {"FLOWHOOK_SECRET_DIRECT_MAIL_TOKEN", "FLOWHOOK_SECRET_DIRECT_MAIL_SIGNING"}
+    missing = [e for e in logs if e["event"] == "secrets_missing"]
+    assert missing and missing[0]["secrets"] == ["FLOWHOOK_SECRET_NOT_AN_EXAMPLE"]
