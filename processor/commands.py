@@ -45,11 +45,13 @@ def send(file: Path, topic: str | None, rate: float | None, brokers: str | None)
     """Produce events (one JSON object per line) from FILE, keyed by profile, with progress."""
     from rich.progress import Progress
 
+    from processor.kafka import ensure_topics
     from processor.sending import produce_lines, read_lines, schema_for_topic
 
     settings = load_settings(brokers=brokers)
     topic = topic or settings.topics.events
     lines = read_lines(file, schema_for_topic(settings, topic))
+    run_async(ensure_topics(settings, [topic]))  # an unreachable broker: one line, before any progress bar
     with Progress(transient=True, console=_stderr_console()) as bar:
         task = bar.add_task(f"sending to {topic}", total=len(lines))
         sent = run_async(produce_lines(settings, topic, lines, rate=rate,

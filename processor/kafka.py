@@ -116,22 +116,44 @@ async def read_records(
         await reader.stop()
 
 
-async def wait_for_broker(settings: Settings, wait_s: float = 20.0) -> None:
-    """Wait until the cluster answers a metadata request."""
+async def wait_for_broker(
+    settings: Settings, wait_s: float = 20.0, stop: asyncio.Event | None = None
+) -> bool:
+    """Wait until the cluster answers a metadata request (True), or `stop` is set (False: a
+    Ctrl-C while waiting is honoured at once); TimeoutError after `wait_s`."""
+    stop = stop or asyncio.Event()
     deadline = time.monotonic() + wait_s
     last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="flowhook-probe")
-        try:
-            await admin.start()
-            await admin.list_topics()
-            return
-        except Exception as exc:  # any failure here means "not yet"
-            last_error = exc
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
-    raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error}")
+    while time.monotonic() < deadline and not stop.is_set():
+        probe = asyncio.ensure_future(_probe(settings))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([probe, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await probe
+            return False
+        error = probe.exception()
+        if error is None:
+            return True
+        if last_error is None:
+            log.info("waiting_for_broker", brokers=settings.brokers, error=type(error).__name__)
+        last_error = error  # type: ignore[assignment]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
+    if stop.is_set():
+        return False
+    raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error!r}")
+
+
+async def _probe(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="flowhook-probe")
+    try:
+        await admin.start()
+        await admin.list_topics()
+    finally:
+        await admin.close()
 
 
 class CopyAsideFailed(FlowhookError):

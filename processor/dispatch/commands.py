@@ -82,7 +82,7 @@ def dispatcher(
                                 drain_idle_s=drain_idle_s, breaker_threshold=breaker_threshold,
                                 breaker_cooldown_ms=open_ms)
     _tune_gc()
-    run_async(run_dispatcher(settings, handle_signals=True, options=options))
+    run_async(run_dispatcher(settings, handle_signals=True, options=options), worker=True)
 
 
 @click.command()

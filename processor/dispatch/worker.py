@@ -51,7 +51,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from processor import constants as c
-from processor import records, strict_json
+from processor import outage, records, strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
@@ -80,6 +80,7 @@ from processor.kafka import (
     wait_for_broker,
 )
 from processor.logs import get_logger
+from processor.outage import OUTAGE_RIDE_MS, BrokerWatch
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
 
@@ -505,8 +506,9 @@ class Lane:
             return
         try:
             await self.consumer.commit(offsets)
-        except KafkaError as exc:  # a rebalance is under way; the revoke handler commits again
-            log.warning("commit_failed", lane=self.name, error=repr(exc))
+        except KafkaError as exc:  # a rebalance or an outage; the next commit covers these offsets
+            if not outage.during():  # an outage is logged once, by the watch
+                log.warning("commit_failed", lane=self.name, error=repr(exc))
             return
         for tp, position in offsets.items():
             if tp in self.offsets:
@@ -655,6 +657,7 @@ async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | 
     options = core.options
     helpers = [asyncio.create_task(lane.run()) for lane in lanes]
     helpers.append(asyncio.create_task(_commit_loop(lanes, options.commit_interval_s)))
+    helpers.append(asyncio.create_task(BrokerWatch(core.settings, "dispatcher").run()))
     if options.drain_idle_s is not None:
         helpers.append(asyncio.create_task(_drain_watch(core, lanes, options.drain_idle_s)))
     if stop is not None:
@@ -674,6 +677,7 @@ async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | 
 async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
 
 
 async def _shut_down(core: Dispatcher, lanes: list[Lane]) -> None:
@@ -721,18 +725,26 @@ async def run_dispatcher(
     core = Dispatcher(settings, options)
     if handle_signals:
         _install_signal_handlers(core.stop_event)
+    # A signal or the caller's stop ends the wait for the broker at once.
+    forward = asyncio.create_task(_forward(stop, core.stop_event)) if stop is not None else None
     try:
-        await wait_for_broker(settings, wait_s=30)
+        if not await wait_for_broker(settings, wait_s=30, stop=core.stop_event):
+            log.info("dispatcher_stopped", before="the broker answered")
+            return
         await ensure_topics(settings)
     except (TimeoutError, KafkaError, OSError) as exc:
-        raise DispatcherError(f"cannot reach Kafka at {settings.brokers}: {exc}") from exc
+        raise DispatcherError(f"cannot reach Kafka at {settings.brokers} ({type(exc).__name__})") from exc
+    finally:
+        if forward is not None:
+            forward.cancel()
     core.session = make_session(
         allow_networks=settings.allow_networks,
         concurrency=2 * options.concurrency,
         per_destination=options.per_destination,
     )
     # linger 5 ms (make_producer) batches results; the partitioner is the same murmur2, faster.
-    core.producer = make_producer(settings, partitioner=KeyPartitioner())
+    # Batches are kept through an outage (OUTAGE_RIDE_MS), not failed after 40 s.
+    core.producer = make_producer(settings, partitioner=KeyPartitioner(), request_timeout_ms=OUTAGE_RIDE_MS)
     lanes = [
         Lane(core, "first", [settings.topics.webhooks], delayed=False),
         Lane(core, "retry", settings.topics.retry_tiers, delayed=True),

@@ -45,6 +45,7 @@ from processor.errors import FlowhookError
 from processor.flows.model import Flow
 from processor.kafka import ensure_topics, make_producer, make_reader, send_with_retries, wait_for_broker
 from processor.logs import get_logger
+from processor.outage import BrokerWatch
 from processor.records import invalid_copy
 from processor.settings import Settings
 
@@ -325,9 +326,10 @@ class Engine:
     async def run(self, stop: asyncio.Event) -> None:
         """Create topics, load flows, start the app; stop gracefully when `stop` is set."""
         try:
-            await wait_for_broker(self.settings)
-        except TimeoutError as exc:
-            raise EngineCrashed(str(exc)) from None
+            if not await wait_for_broker(self.settings, stop=stop):
+                return  # stopped (Ctrl-C) before the broker answered
+        except TimeoutError:
+            raise EngineCrashed(f"cannot reach Kafka at {self.settings.brokers}") from None
         await ensure_topics(self.settings)
         _make_dirs(Path(self.app.conf.datadir))
         await self.registry.start()
@@ -335,9 +337,11 @@ class Engine:
         await self.app.start()
         self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
+        watch = asyncio.create_task(BrokerWatch(self.settings, "processor").run())
         try:
             await self._wait(stop)
         finally:
+            watch.cancel()
             await self.app.stop()
             await self.registry.stop()
             if self._flows_producer is not None:
