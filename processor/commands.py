@@ -110,13 +110,18 @@ def _stderr_console() -> Console:
               help="Comma-separated stages to run.")
 @click.option("--state-profiles", default=1_000_000, show_default=True,
               help="Profiles (each with a pending delay) the 'state' stage fills a RocksDB state with.")
+@click.option("--soak-events", default=100_000, show_default=True,
+              help="Events the 'soak' stage sends at a steady rate, against failing receivers.")
+@click.option("--soak-seconds", default=300.0, show_default=True, help="How long the 'soak' stage sends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
-          partitions: int, stages: str, state_profiles: int, as_json: bool) -> None:
+          partitions: int, stages: str, state_profiles: int, soak_events: int, soak_seconds: float,
+          as_json: bool) -> None:
     """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
 
-    Stages: raw, agent, processor, dispatcher, e2e (the default), and state (on request: the
-    processor with --state-profiles profiles and pending delays in a RocksDB state).
+    Stages: raw, agent, processor, dispatcher, e2e (the default), and on request: state (the
+    processor with --state-profiles profiles and pending delays in a RocksDB state) and soak
+    (--soak-events over --soak-seconds with 10% 503, 1% hanging and one destination down).
     """
     from processor.bench import ALL_STAGES, BenchConfig, run_bench
 
@@ -126,5 +131,5 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
         raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(ALL_STAGES)}")
     config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
                          rate=rate, store=store, partitions=partitions, stages=chosen,
-                         state_profiles=state_profiles)
+                         state_profiles=state_profiles, soak_events=soak_events, soak_seconds=soak_seconds)
     sys.exit(run_bench(config, as_json=as_json))

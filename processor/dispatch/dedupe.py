@@ -29,6 +29,11 @@ DEFAULT_CAPACITY: Final = 100_000
 
 Key = tuple[str, int]  # (delivery id, attempt)
 
+# Outcomes written together with a second record (the retry-tier or dead-letter copy), in
+# another partition: a crash can leave the result without its copy, so such a result read
+# back does not prove the attempt complete; the attempt is made again (a repeat, not a loss).
+_WITH_A_COPY = frozenset({"retry_scheduled", "dead"})
+
 
 def _key(due: dict[str, Any]) -> Key:
     return due["delivery_id"], int(due["attempt"])
@@ -84,6 +89,8 @@ class Attempts:
         """A result record read from the results topic (others are ignored)."""
         if result.get("type") != "delivery" or result.get("deferred"):
             return
+        if result.get("outcome") in _WITH_A_COPY:
+            return  # its retry or dead-letter copy may not have been written: make it again
         try:
             key = (str(result["delivery_id"]), int(result["attempt"]))
             finished = parse_iso_ms(result["finished_at"])
