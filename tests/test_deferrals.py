@@ -50,18 +50,30 @@ def _down_for(seconds: float) -> Any:
     return behaviour
 
 
-async def test_an_open_circuit_spends_no_retries_and_dead_keeps_the_last_status(settings: Settings) -> None:
-    """A destination that always answers 500, retry [200ms, 200ms], a breaker that opens after 3:
-    every delivery still gets its 3 real tries, and `dead` carries HTTP 500 and the response."""
-    receiver = await ScriptedReceiver({"/down": always(500, body=b'{"error": "boom"}')}).start()
-    dues = [due_record(receiver.url("/down"), retry_ms=[200, 200]) for _ in range(5)]
+async def _run_against(
+    settings: Settings, receiver: ScriptedReceiver, path: str, count: int, *, retry_ms: list[int],
+    **options: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """`count` deliveries to `path`, a dispatcher until drained (breaker threshold 3): the
+    records and every result, checked against the schema."""
+    await receiver.start()
+    dues = [due_record(receiver.url(path), retry_ms=retry_ms) for _ in range(count)]
     await produce(settings, dues)
     try:
-        await _drain(settings, per_destination=2, breaker_threshold=3, breaker_cooldown_ms=300)
+        await _drain(settings, breaker_threshold=3, **options)
     finally:
         await receiver.stop()
     results = await read_values(settings, settings.topics.results)
     check_results(results)
+    return dues, results
+
+
+async def test_an_open_circuit_spends_no_retries_and_dead_keeps_the_last_status(settings: Settings) -> None:
+    """A destination that always answers 500, retry [200ms, 200ms], a breaker that opens after 3:
+    every delivery still gets its 3 real tries, and `dead` carries HTTP 500 and the response."""
+    receiver = ScriptedReceiver({"/down": always(500, body=b'{"error": "boom"}')})
+    dues, results = await _run_against(settings, receiver, "/down", 5, retry_ms=[200, 200],
+                                       per_destination=2, breaker_cooldown_ms=300)
     grouped = by_delivery(results)
     assert any(r.get("deferred") for r in results)  # the circuit did open
     for due in dues:
@@ -76,14 +88,9 @@ async def test_an_open_circuit_spends_no_retries_and_dead_keeps_the_last_status(
 
 async def test_a_destination_down_for_a_deploy_loses_no_delivery(settings: Settings) -> None:
     """503 for 2 s, then up; retry [300ms, 300ms]; the breaker opens: every delivery ends delivered."""
-    receiver = await ScriptedReceiver({"/deploy": _down_for(2.0)}).start()
-    dues = [due_record(receiver.url("/deploy"), retry_ms=[300, 300]) for _ in range(30)]
-    await produce(settings, dues)
-    try:
-        await _drain(settings, per_destination=4, breaker_threshold=3, breaker_cooldown_ms=500)
-    finally:
-        await receiver.stop()
-    results = await read_values(settings, settings.topics.results)
+    receiver = ScriptedReceiver({"/deploy": _down_for(2.0)})
+    dues, results = await _run_against(settings, receiver, "/deploy", 30, retry_ms=[300, 300],
+                                       per_destination=4, breaker_cooldown_ms=500)
     final = {d: rs[-1]["outcome"] for d, rs in by_delivery(results).items()}
     assert set(final.values()) == {"delivered"} and len(final) == len(dues)
     assert any(r.get("deferred") for r in results)
