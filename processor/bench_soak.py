@@ -27,7 +27,7 @@ from aiohttp import web
 from processor import records
 from processor.broker import free_port
 from processor.clock import iso, now_ms
-from processor.kafka import make_producer, read_records
+from processor.kafka import ensure_topics, make_producer, read_records
 from processor.stack import apply_definitions
 
 if TYPE_CHECKING:
@@ -173,6 +173,7 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
     unloaded = max(min(events // 10, int(rate * 20)), 1)
     try:
         await _wait_listening(url)
+        await ensure_topics(settings)  # before anything produces: partition counts must match
         await apply_definitions(settings, [(f, "soak") for f in _flows(url, down_url, max_age_s)])
         workers = [bench.worker("processor", settings).start(), bench.worker("dispatcher", settings).start()]
         try:

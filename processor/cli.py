@@ -22,8 +22,11 @@ from processor.settings import Settings
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-class BrokersUnreachable(FlowhookError):
-    """A command could not reach Kafka: one line naming the brokers (exit 1)."""
+class BrokersUnreachable(FlowhookError, click.ClickException):
+    """A command could not reach Kafka: one line naming the brokers (exit 1). A ClickException
+    too, so click (and command wrappers that handle those) prints it as one line."""
+
+    exit_code = 1
 
 
 _brokers = {"last": ""}  # the brokers of the settings a command loaded, for that one line

@@ -209,6 +209,8 @@ class Dispatcher:
         self.session: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
         self.attempts = Attempts()
+        self._reader: AIOKafkaConsumer | None = None  # reads results back (learn_attempts)
+        self._reader_lock = asyncio.Lock()
         self.deferrals = Deferrals(self.rng)
 
     def fail(self, exc: BaseException) -> None:
@@ -291,16 +293,20 @@ class Dispatcher:
             self.attempts.end(work.due, finished_ms=finished)
             work.lane.release()
 
+    async def close_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(KafkaError):
+                await self._reader.stop()
+
     async def learn_attempts(self, since_ms: dict[int, int]) -> None:
         """Read the results partitions co-partitioned with newly assigned ones (results of
         partition p for records of partition p) from a little before `since_ms[p]` (the
         timestamp of the first record to handle there) until idle: the attempts made."""
-        reader = make_reader(self.settings, fetch_max_wait_ms=100)
-        await reader.start()
-        try:
-            await _read_attempts(reader, self.topics.results, since_ms, self.attempts)
-        finally:
-            await reader.stop()
+        async with self._reader_lock:  # both lanes share the one reader
+            if self._reader is None:
+                self._reader = make_reader(self.settings, fetch_max_wait_ms=100)
+                await self._reader.start()
+            await _read_attempts(self._reader, self.topics.results, since_ms, self.attempts)
 
     async def outputs_for(
         self,
@@ -767,6 +773,7 @@ async def run_dispatcher(
 
 async def _close(core: Dispatcher, lanes: list[Lane]) -> None:
     await _shut_down(core, lanes)
+    await core.close_reader()
     if core.producer is not None:
         await core.producer.stop()
     if core.session is not None:
