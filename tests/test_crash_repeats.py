@@ -75,6 +75,7 @@ async def _run(settings: Settings, tmp_path: Path, total: int, *, kill_dispatche
     return Counter(h.headers["webhook-id"] for h in receiver.hits)
 
 
+@pytest.mark.integration
 async def test_kill_9_of_a_processor_and_a_dispatcher_repeats_at_most_one_percent(
     settings: Settings, tmp_path: Path
 ) -> None:

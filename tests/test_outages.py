@@ -88,6 +88,7 @@ async def _wait(predicate: Any, timeout_s: float, workers: list[WorkerProcess]) 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 async def test_the_broker_gone_mid_stream_loses_nothing(
     settings: Settings, broker: Any, tmp_path: Path
 ) -> None:

@@ -73,7 +73,9 @@ from processor.dispatch.secrets import SecretMissing
 from processor.errors import FlowhookError
 from processor.kafka import (
     CopyAsideFailed,
+    connect_failure,
     ensure_topics,
+    make_consumer,
     make_producer,
     make_reader,
     send_with_retries,
@@ -411,8 +413,8 @@ class Lane:
         self.name = name
         self.topics = topics
         self.delayed = delayed
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.brokers,
+        self.consumer = make_consumer(
+            settings,
             group_id=f"{settings.topic_prefix}dispatcher.{name}",
             client_id=f"flowhook-dispatcher-{name}",
             enable_auto_commit=False,
@@ -739,7 +741,7 @@ async def run_dispatcher(
             return
         await ensure_topics(settings)
     except (TimeoutError, KafkaError, OSError) as exc:
-        raise DispatcherError(f"cannot reach Kafka at {settings.brokers} ({type(exc).__name__})") from exc
+        raise DispatcherError(connect_failure(settings, exc)) from exc
     finally:
         if forward is not None:
             forward.cancel()
