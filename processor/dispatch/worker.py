@@ -305,10 +305,16 @@ class Dispatcher:
         partition p for records of partition p) from a little before `since_ms[p]` (the
         timestamp of the first record to handle there) until idle: the attempts made."""
         async with self._reader_lock:  # both lanes share the one reader
-            if self._reader is None:
-                self._reader = make_reader(self.settings, fetch_max_wait_ms=100)
-                await self._reader.start()
+            await self.start_reader()
+            assert self._reader is not None
             await _read_attempts(self._reader, self.topics.results, since_ms, self.attempts)
+
+    async def start_reader(self) -> None:
+        """The reader of `learn_attempts`, started once (at start-up, so that the first
+        partitions assigned do not wait for it)."""
+        if self._reader is None:
+            self._reader = make_reader(self.settings, fetch_max_wait_ms=50)
+            await self._reader.start()
 
     async def outputs_for(
         self,
@@ -606,7 +612,7 @@ class Lane:
 
 # Results of a record are written after it was produced; this covers clock skew between hosts.
 LEARN_SKEW_MS = 60_000
-LEARN_TAIL_S = 0.3
+LEARN_TAIL_S = 0.1
 
 
 async def _read_attempts(
@@ -759,6 +765,7 @@ async def run_dispatcher(
     ]
     try:
         await core.producer.start()
+        await core.start_reader()
         for lane in lanes:
             await lane.start()
         log.info(
