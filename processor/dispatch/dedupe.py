@@ -39,6 +39,12 @@ def _key(due: dict[str, Any]) -> Key:
     return due["delivery_id"], int(due["attempt"])
 
 
+def _flight_key(due: dict[str, Any]) -> tuple[str, int, int]:
+    """In flight, a deferred try's copy (same attempt, one more deferral) is another record:
+    it may be read back before the original's acks are in, and must not be taken for it."""
+    return due["delivery_id"], int(due["attempt"]), int(due.get("deferrals") or 0)
+
+
 def _replayed_at_ms(due: dict[str, Any]) -> int | None:
     text = due.get("replayed_at")
     if not text:
@@ -55,35 +61,34 @@ class Attempts:
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
         self._made: dict[Key, int] = {}  # -> when it finished (epoch ms), insertion-ordered
-        self._in_flight: dict[Key, int] = {}  # -> how many records of it are being handled
+        self._in_flight: dict[tuple[str, int, int], int] = {}  # -> records of it being handled
         self.skipped = 0
 
     def made(self, due: dict[str, Any]) -> bool:
         """True when this record's attempt was already made or is being made."""
-        key = _key(due)
-        if key in self._in_flight:
+        if _flight_key(due) in self._in_flight:
             return True
-        finished = self._made.get(key)
+        finished = self._made.get(_key(due))
         if finished is None:
             return False
         replayed = _replayed_at_ms(due)
         return replayed is None or finished >= replayed
 
     def begin(self, due: dict[str, Any]) -> None:
-        key = _key(due)
+        key = _flight_key(due)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
     def end(self, due: dict[str, Any], *, finished_ms: int | None) -> None:
         """The record is done: `finished_ms` when its attempt was made and acknowledged,
         None when it was abandoned, failed or only deferred (so it may be made later)."""
-        key = _key(due)
-        left = self._in_flight.get(key, 0) - 1
+        flight = _flight_key(due)
+        left = self._in_flight.get(flight, 0) - 1
         if left > 0:
-            self._in_flight[key] = left
+            self._in_flight[flight] = left
         else:
-            self._in_flight.pop(key, None)
+            self._in_flight.pop(flight, None)
         if finished_ms is not None:
-            self._remember(key, finished_ms)
+            self._remember(_key(due), finished_ms)
 
     def learn(self, result: dict[str, Any]) -> None:
         """A result record read from the results topic (others are ignored)."""
