@@ -70,6 +70,17 @@ def test_ctrl_c_is_honoured_while_the_broker_is_unreachable(role: str, tmp_path:
         process.wait()
 
 
+async def _final_outcomes(settings: Settings, expected: int, timeout_s: float) -> dict[str, str]:
+    """The last outcome of every delivery, read again until `expected` have one (or time is up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        results = await read_values(settings, settings.topics.results, idle_s=0.5)
+        final = {r["delivery_id"]: r["outcome"] for r in results if r["type"] == "delivery"}
+        if len(final) >= expected or time.monotonic() > deadline:
+            return final
+        await asyncio.sleep(0.5)
+
+
 def _events(first: int, last: int) -> list[tuple[bytes, bytes]]:
     return [event_bytes(event(f"e{n}", pid=f"p{n}", OrderId=str(n))) for n in range(first, last)]
 
@@ -111,12 +122,11 @@ async def test_the_broker_gone_mid_stream_loses_nothing(
         await produce(settings, settings.topics.events, _events(EVENTS // 2, EVENTS))
         ids = lambda: {h.headers["webhook-id"] for h in receiver.hits}  # noqa: E731
         await _wait(lambda: len(ids()) >= EVENTS, 120, workers)
+        final = await _final_outcomes(settings, EVENTS, 60)  # every one ends in an outcome record
     finally:
         for worker in workers:
             worker.stop()
         await receiver.stop()
-    results = await read_values(settings, settings.topics.results)
-    final = {r["delivery_id"]: r["outcome"] for r in results if r["type"] == "delivery"}
     assert len(final) == EVENTS and set(final.values()) == {"delivered"}
     for worker in workers:
         outages = worker.log_path.read_text().count("broker_unreachable")
