@@ -88,11 +88,12 @@ def main() -> None:
 def _register_commands() -> None:
     """Each area owns its commands; they are gathered here under one group."""
     from processor.commands import bench, demo, dev, results, send
+    from processor.console.commands import console
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
 
-    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench):
+    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench, console):
         cli.add_command(command)
 
 

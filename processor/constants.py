@@ -14,6 +14,7 @@ RESULTS: Final = "results"
 EVENTS_INVALID: Final = "events.invalid"
 WAKEUPS: Final = "wakeups"
 DEAD_LETTER: Final = "webhooks.dead"
+AUDIT: Final = "audit"  # console changes: who, what, when (schemas/audit.schema.json)
 # Retry tiers: a record waits in the tier whose delay is the largest one not above its
 # own delay, so records in one tier are nearly ordered by due time (see dispatch.retry_policy).
 RETRY_TIER_DELAYS_MS: Final = (1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000)

@@ -33,7 +33,7 @@ def topic_plan(settings: Settings) -> dict[str, tuple[int, dict[str, str]]]:
     n = settings.partitions
     plan: dict[str, tuple[int, dict[str, str]]] = {name: (n, {}) for name in t.keyed_by_profile}
     plan[t.flows] = (1, {"cleanup.policy": "compact"})
-    for name in (t.webhooks, t.results, t.events_invalid, t.dead_letter, *t.retry_tiers):
+    for name in (t.webhooks, t.results, t.events_invalid, t.dead_letter, *t.retry_tiers, t.audit):
         plan[name] = (n, {})
     return plan
 
