@@ -52,7 +52,8 @@ def fill(conn: Any, deliveries: int, attempts: int, now: int) -> float:
     for flow_id in [f"flow-{f}" for f in range(5)]:
         definition = {"id": flow_id, "name": f"Flow {flow_id}", "status": "live",
                       "trigger": {"metric": "Placed Order"}, "steps": []}
-        record = {"id": flow_id, "version": 1, "definition": definition, "applied_at": iso(now), "source": "bench"}
+        record = {"id": flow_id, "version": 1, "definition": definition, "applied_at": iso(now),
+                  "source": "bench"}
         conn.execute("INSERT OR REPLACE INTO flows VALUES (?,?,?)", (flow_id, 1, orjson.dumps(record)))
     for n in range(deliveries):
         at = now - rng.randrange(86_400_000)
