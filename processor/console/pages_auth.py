@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import segno
 from aiohttp import web
@@ -83,8 +84,8 @@ async def login(request: web.Request) -> web.StreamResponse:
         await _failed(console, keys)
         return console.render(request, "login.html", status=401, next=target, error="wrong name or password")
     stage = "totp" if user.totp_enabled else "signed_in"
-    return await _new_session(request, console, user, stage, "/login/totp?next=" + target if user.totp_enabled
-                              else target)
+    after = "/login/totp?next=" + quote(target, safe="/") if user.totp_enabled else target
+    return await _new_session(request, console, user, stage, after)
 
 
 async def _new_session(request: web.Request, console: Console, user: User, stage: str,

@@ -3,8 +3,9 @@
 Each processor serves `GET /profiles/{profile_id}` on its worker endpoint with
 `Authorization: Bearer <FLOWHOOK_ENDPOINT_TOKEN>`: 200 `{"profile_id", "partition",
 "profile": {...}, "runs": [...]}` from the worker that owns the profile, 404
-`{"error": "not_owned"}` from the others. The console asks each endpoint of
-`FLOWHOOK_PROCESSOR_ENDPOINTS` (comma-separated host:port) in turn until one owns it.
+`{"error": "not_owned"}` from the others (404 `unknown_profile` from the owner when it holds
+no such profile, 503 `recovering` while its state recovers). The console asks each endpoint
+of `FLOWHOOK_PROCESSOR_ENDPOINTS` (comma-separated host:port) in turn until one owns it.
 """
 
 from __future__ import annotations
@@ -58,10 +59,27 @@ async def _ask(session: aiohttp.ClientSession, endpoint: str, profile_id: str, f
                     found.answer, found.endpoint = answer, endpoint
                     return "owns the profile"
                 return "answered 200 without a profile"
-            if response.status == 404:
-                return "does not own this profile (or it has none)"
+            if response.status in (404, 503):
+                return _not_here(response.status, await _json_or_empty(response))
             if response.status in (401, 403):
                 return f"refused the console's token ({response.status}); check FLOWHOOK_ENDPOINT_TOKEN"
             return f"answered {response.status}"
     except (aiohttp.ClientError, TimeoutError) as exc:
         return f"unreachable ({type(exc).__name__})"
+
+
+async def _json_or_empty(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    try:
+        body = await response.json(content_type=None)
+    except (aiohttp.ClientError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _not_here(status: int, body: dict[str, Any]) -> str:
+    error = body.get("error")
+    if status == 503:
+        return f"is recovering its state (partition {body.get('partition')}); try again shortly"
+    if error == "unknown_profile":
+        return "owns the profile's partition but holds no such profile"
+    return "does not own this profile"
