@@ -12,7 +12,7 @@ import orjson
 from processor import records
 from processor.clock import now_ms
 from processor.console import index, queries
-from processor.console.feed import Feed, IndexRunner
+from processor.console.feed import Feed, IndexRunner, open_runner
 from processor.settings import Settings
 from tests.dispatch_helpers import due_record, produce
 
@@ -182,4 +182,16 @@ async def _run_feed(settings: Settings, path: Path, done: Any) -> dict[str, int]
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        runner.close()
+
+
+def test_a_damaged_index_file_is_set_aside_and_rebuilt(tmp_path: Path) -> None:
+    """A file that is not SQLite is kept as .damaged and a fresh index starts in its place."""
+    path = tmp_path / "index.sqlite"
+    path.write_bytes(b"this is not a database file, not at all" * 100)
+    runner = open_runner(path)
+    try:
+        assert (tmp_path / "index.sqlite.damaged").exists()
+        assert queries.counts(index.connect(path))["deliveries"] == 0
+    finally:
         runner.close()

@@ -16,7 +16,7 @@ from aiohttp import web
 from processor import __version__
 from processor.clock import iso
 from processor.console.audit import AuditLog
-from processor.console.feed import Feed, IndexRunner
+from processor.console.feed import Feed, open_runner
 from processor.console.profiles import parse_endpoints
 from processor.console.users import UserStore
 from processor.settings import Settings
@@ -79,7 +79,7 @@ class Console:
     def __init__(self, settings: Settings, config: ConsoleConfig) -> None:
         self.settings = settings
         self.config = config
-        self.index = IndexRunner(config.index_file)
+        self.index = open_runner(config.index_file)
         self.feed = Feed(settings, self.index, retention_ms=config.retention_ms)
         self.audit = AuditLog(settings)
         self._users_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="users")
@@ -89,6 +89,13 @@ class Console:
     async def users_call(self, func: Callable[[UserStore], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._users_thread, func, self.users)
+
+    async def found(self, what: str, func: Callable[..., T | None], *args: Any) -> T:
+        """An index read that must find something: 404 naming `what` otherwise."""
+        value = await self.index.read(func, *args)
+        if value is None:
+            raise web.HTTPNotFound(text=f"no such {what} in this console's index")
+        return value
 
     def render(self, request: web.Request, name: str, status: int = 200, **values: Any) -> web.Response:
         session = request.get("session")

@@ -95,7 +95,7 @@ class Feed:
             await consumer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer, topics: list[str]) -> None:
-        parts = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or [])]
+        parts = await _partitions(consumer, topics)
         consumer.assign(parts)
         stored = await self.runner.write(index.stored_offsets)
         for tp in parts:
@@ -121,6 +121,21 @@ class Feed:
                 removed = await self.runner.write(index.prune, now_ms() - self.retention_ms)
                 if removed:
                     log.info("console_index_pruned", deliveries=removed)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topics: list[str],
+                      wait_s: float = 15.0) -> list[TopicPartition]:
+    """Every partition of `topics`, once the cluster's metadata knows them all (new topics take a moment)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        await consumer.topics()  # refreshes the metadata
+        known = {t: consumer.partitions_for_topic(t) or set() for t in topics}
+        if all(known.values()) or time.monotonic() > deadline:
+            missing = [t for t, p in known.items() if not p]
+            if missing:
+                log.warning("console_topics_without_partitions", topics=missing)
+            return [TopicPartition(t, p) for t in topics for p in sorted(known[t])]
+        await asyncio.sleep(0.2)
 
 
 def open_runner(path: Path) -> IndexRunner:

@@ -48,10 +48,7 @@ def require(request: web.Request, action: auth.Action, *, touches_webhook: bool 
 
 
 async def _flow_or_404(console: Console, flow_id: str) -> dict[str, Any]:
-    record = await console.index.read(queries.flow_record, flow_id)
-    if record is None:
-        raise web.HTTPNotFound(text=f"no flow {flow_id!r} in the index")
-    return record
+    return await console.found("flow", queries.flow_record, flow_id)
 
 
 def _who(request: web.Request) -> tuple[str, str]:
@@ -166,9 +163,7 @@ def _check_text(text: str, source: str) -> CheckedFile:
 @routes.get("/deliveries/{delivery_id}/replay")
 async def replay_one_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    due = await console.index.read(queries.due_record, request.match_info["delivery_id"])
-    if due is None:
-        raise web.HTTPNotFound(text="the request of this delivery is not in the index")
+    due = await console.found("delivery request", queries.due_record, request.match_info["delivery_id"])
     return console.render(request, "replay_confirm.html", dues=[due], flow_id=due["flow_id"],
                           action=f"/deliveries/{due['delivery_id']}/replay", hidden={})
 
@@ -177,9 +172,7 @@ async def replay_one_page(request: web.Request) -> web.StreamResponse:
 async def replay_one(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
     require(request, auth.Action.REPLAY)
-    due = await console.index.read(queries.due_record, request.match_info["delivery_id"])
-    if due is None:
-        raise web.HTTPNotFound(text="the request of this delivery is not in the index")
+    due = await console.found("delivery request", queries.due_record, request.match_info["delivery_id"])
     replay_id = await _replay(request, console, [due], "delivery.replay", due["flow_id"], {})
     raise web.HTTPSeeOther(f"/replays/{replay_id}")
 

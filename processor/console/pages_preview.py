@@ -33,9 +33,7 @@ def sample_event(definition: dict[str, Any]) -> str:
 @routes.get("/flows/{flow_id}/preview")
 async def preview_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    record = await console.index.read(queries.flow_record, request.match_info["flow_id"])
-    if record is None:
-        raise web.HTTPNotFound(text="no such flow in the index")
+    record = await console.found("flow", queries.flow_record, request.match_info["flow_id"])
     return console.render(request, "preview.html", flow_id=record["id"], profile_id="",
                           event_text=sample_event(record.get("definition") or {}), result=None, notes=[],
                           problems=[], profile=None)
@@ -44,9 +42,7 @@ async def preview_page(request: web.Request) -> web.StreamResponse:
 @routes.post("/flows/{flow_id}/preview")
 async def run_preview(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    record = await console.index.read(queries.flow_record, request.match_info["flow_id"])
-    if record is None:
-        raise web.HTTPNotFound(text="no such flow in the index")
+    record = await console.found("flow", queries.flow_record, request.match_info["flow_id"])
     form = await form_of(request)
     profile_id = str(form.get("profile_id", "")).strip()
     event_text = str(form.get("event", ""))

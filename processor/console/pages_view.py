@@ -85,9 +85,7 @@ def log_filter(query: MultiMapping[str], *, flow_id: str | None, outcomes: tuple
 async def flow_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
     flow_id = request.match_info["flow_id"]
-    record = await console.index.read(queries.flow_record, flow_id)
-    if record is None:
-        raise web.HTTPNotFound(text=f"no flow {flow_id!r} in the index")
+    record = await console.found("flow", queries.flow_record, flow_id)
     trail = await console.index.read(queries.audit_trail, flow_id, 50)
     definition = record.get("definition") or {}
     return console.render(request, "flow.html", record=record, definition=definition, trail=trail,
@@ -121,9 +119,7 @@ async def failures_page(request: web.Request) -> web.StreamResponse:
 @routes.get("/deliveries/{delivery_id}")
 async def delivery_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    found = await console.index.read(queries.delivery, request.match_info["delivery_id"])
-    if found is None:
-        raise web.HTTPNotFound(text="no such delivery in the index")
+    found = await console.found("delivery", queries.delivery, request.match_info["delivery_id"])
     return console.render(request, "delivery.html", d=found, request_view=request_view(found["due"]))
 
 
@@ -152,7 +148,5 @@ async def audit_page(request: web.Request) -> web.StreamResponse:
 @routes.get("/replays/{replay_id}")
 async def replay_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
-    progress = await console.index.read(queries.replay_progress, request.match_info["replay_id"])
-    if progress is None:
-        raise web.HTTPNotFound(text="no such replay in this console")
+    progress = await console.found("replay", queries.replay_progress, request.match_info["replay_id"])
     return console.render(request, "replay_progress.html", p=progress)
