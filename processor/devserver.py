@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from processor.broker import EmbeddedBroker
 from processor.kafka import ensure_topics
@@ -40,7 +42,35 @@ def run_broker_only(port: int) -> int:
     return 0
 
 
-def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
+def run_kafka_only(port: int, nodes: int, data_dir: Path | None, announce: Callable[[str], None]) -> int:
+    """Apache Kafka (KRaft) on 127.0.0.1:<port>[..+2] until Ctrl-C or SIGTERM."""
+    from processor.kafka_runner import KafkaCluster
+
+    # SIGTERM while starting stops the nodes the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    cluster = KafkaCluster(nodes=nodes, port=port, data_dir=data_dir)
+    with contextlib.suppress(KeyboardInterrupt), cluster:
+        log.info("kafka_ready", bootstrap=cluster.bootstrap, nodes=nodes,
+                 data=str(cluster.data_dir), hint="Ctrl-C stops it")
+        announce(cluster.bootstrap)  # the bootstrap servers, on stdout, for scripts
+        _wait_for_ctrl_c()
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _dev_broker(port: int, kafka: bool, workdir: Path) -> Any:
+    """The broker `dev` runs: the embedded one, or a single Apache Kafka node."""
+    if kafka:
+        from processor.kafka_runner import KafkaCluster
+
+        return KafkaCluster(nodes=1, port=port, data_dir=workdir / "kafka")
+    return EmbeddedBroker(port=port, log_file=workdir / "broker.log")
+
+
+def run_dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool = False) -> int:
     """Broker, processor, dispatcher and a local receiver, until Ctrl-C."""
     base = Settings.from_env()
     configure(base.log_format, base.log_level)
@@ -51,11 +81,15 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
         store="memory",
     )
     workdir = settings.data_dir / "dev"
-    with EmbeddedBroker(port=port, log_file=workdir / "broker.log") as broker:
+    if kafka:
+        settings = settings.with_(idempotence=True)  # Kafka has idempotent producers
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    with contextlib.suppress(KeyboardInterrupt), _dev_broker(port, kafka, workdir) as broker:
         asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
         workers = [WorkerProcess(role, settings, workdir / f"{role}.log").start()
                    for role in ("processor", "dispatcher")]
-        log.info("dev_ready", bootstrap=broker.bootstrap, logs=str(workdir), hint="Ctrl-C stops it")
+        log.info("dev_ready", bootstrap=broker.bootstrap, broker=broker.kind, logs=str(workdir),
+                 hint="Ctrl-C stops it")
         try:
             with contextlib.suppress(KeyboardInterrupt):
                 asyncio.run(_serve_receiver(receiver_port))

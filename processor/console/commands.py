@@ -31,8 +31,8 @@ def load_settings(**overrides: Any) -> Any:
               help="Address to listen on (loopback unless you put a TLS proxy in front).")
 @click.option("--index", "index_path", type=click.Path(path_type=Path), default=None,
               help="The index file (default: <data dir>/console/index-PORT.sqlite, one per console).")
-@click.option("--retention", default="7d", show_default=True,
-              help="Forget deliveries older than this (match the results topic's retention.ms).")
+@click.option("--retention", default="30d", show_default=True,
+              help="Forget deliveries older than this (the results topic's retention.ms, 30d by default).")
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 @click.pass_context
 def console(ctx: click.Context, port: int, host: str, index_path: Path | None, retention: str,

@@ -14,6 +14,7 @@ import jinja2
 from aiohttp import web
 
 from processor import __version__
+from processor import constants as c
 from processor.clock import iso
 from processor.console.audit import AuditLog
 from processor.console.feed import Feed, open_runner
@@ -23,7 +24,7 @@ from processor.settings import Settings
 
 T = TypeVar("T")
 DEFAULT_PORT = 8400
-DEFAULT_RETENTION_MS = 7 * 86_400_000  # Kafka's default log.retention.hours (168)
+DEFAULT_RETENTION_MS = c.TOPIC_RETENTION_MS[c.RESULTS]  # what the results topic keeps
 
 
 @dataclass(frozen=True)

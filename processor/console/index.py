@@ -280,7 +280,6 @@ def prune(conn: sqlite3.Connection, older_than_ms: int) -> int:
         conn.execute(f"DELETE FROM attempts WHERE delivery_id IN ({old})", (older_than_ms,))
         conn.execute(f"DELETE FROM requests WHERE delivery_id IN ({old})", (older_than_ms,))
         removed = conn.execute("DELETE FROM deliveries WHERE last_ms < ?", (older_than_ms,)).rowcount
-        conn.execute("DELETE FROM audit WHERE at_ms < ?", (older_than_ms,))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
