@@ -22,7 +22,6 @@ import pyotp
 import pytest
 import pytest_asyncio
 
-from processor.broker import EmbeddedBroker
 from processor.clock import now_ms
 from processor.console.users import UserStore
 from processor.flows.loader import check_definition
@@ -43,7 +42,7 @@ from tests.dispatch_helpers import due_record, produce, read_values
 
 # Playwright's async API on one loop for the module: its sync API switches greenlets, which trips
 # CPython 3.11's AST recursion check in pytest's later assertion rewriting.
-pytestmark = [pytest.mark.slow, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 PASSWORD = "a long console password"
 TOKEN = "endpoint-token-for-tests"
 FLOW_ID = "console-flow"
@@ -89,7 +88,7 @@ def _users(store: UserStore) -> dict[str, str]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+async def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     need_chromium()
     from playwright.async_api import async_playwright
 
@@ -97,7 +96,8 @@ async def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory
     settings = Settings(brokers=broker.bootstrap, topic_prefix=f"c{uuid.uuid4().hex[:10]}.", partitions=2,
                         allow_networks=(ipaddress.ip_network("127.0.0.0/8"),), allow_http=True,
                         data_dir=tmp / "data", store="memory", session_timeout_ms=6_000,
-                        heartbeat_interval_ms=500, rebalance_timeout_ms=6_000)
+                        heartbeat_interval_ms=500, rebalance_timeout_ms=6_000,
+                        replication=broker.replication, idempotence=broker.kind == "kafka")
     servers, receiver = LoopbackServers(), ScriptedReceiver()
     hook_port = servers.serve(receiver.app())
     owner = servers.serve(profile_endpoint({"p_preview": {"id": "p_preview", "first_name": XSS}}, TOKEN))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from processor import records
 from processor.clock import now_ms
@@ -147,6 +148,7 @@ def test_replayable_selects_latest_failed_or_dead_with_their_requests(tmp_path: 
     assert sorted(d["delivery_id"] for d in chosen) == sorted(d["delivery_id"] for d in dues[::3])
 
 
+@pytest.mark.integration
 async def test_feed_follows_the_topics_and_resumes_after_restarts(settings: Settings, tmp_path: Path) -> None:
     """The feed indexes results and requests from a real broker, and a restart reads nothing twice."""
     path = tmp_path / "index.sqlite"

@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processor.clock import now_ms
 from processor.console import index
-from processor.kafka import ensure_topics, make_reader
+from processor.kafka import ensure_topics, make_admin, make_reader
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -95,7 +95,7 @@ class Feed:
             await consumer.stop()
 
     async def _assign(self, consumer: AIOKafkaConsumer, topics: list[str]) -> None:
-        parts = await _partitions(consumer, topics)
+        parts = await _partitions(self.settings, topics)
         consumer.assign(parts)
         stored = await self.runner.write(index.stored_offsets)
         for tp in parts:
@@ -123,19 +123,28 @@ class Feed:
                     log.info("console_index_pruned", deliveries=removed)
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topics: list[str],
-                      wait_s: float = 15.0) -> list[TopicPartition]:
-    """Every partition of `topics`, once the cluster's metadata knows them all (new topics take a moment)."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        await consumer.topics()  # refreshes the metadata
-        known = {t: consumer.partitions_for_topic(t) or set() for t in topics}
-        if all(known.values()) or time.monotonic() > deadline:
-            missing = [t for t, p in known.items() if not p]
-            if missing:
-                log.warning("console_topics_without_partitions", topics=missing)
-            return [TopicPartition(t, p) for t in topics for p in sorted(known[t])]
-        await asyncio.sleep(0.2)
+async def _partitions(settings: Settings, topics: list[str], wait_s: float = 15.0) -> list[TopicPartition]:
+    """Every partition of `topics`, from the cluster's metadata (a new topic may take a moment to show).
+
+    Asked through the admin client: a consumer without a subscription learns no topic's
+    partitions from Apache Kafka (the embedded broker tells every client every topic).
+    """
+    admin = make_admin(settings, "flowhook-console")
+    await admin.start()
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            known = {t["topic"]: sorted(p["partition"] for p in t["partitions"])
+                     for t in await admin.describe_topics(topics) if not t["error_code"]}
+            missing = [t for t in topics if not known.get(t)]
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+    if missing:
+        log.warning("console_topics_without_partitions", topics=missing)
+    return [TopicPartition(t, p) for t in topics for p in known.get(t, [])]
 
 
 def open_runner(path: Path) -> IndexRunner:
