@@ -103,10 +103,11 @@ def _register_commands() -> None:
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
+    from processor.held_commands import held
     from processor.kafka_commands import topics
 
     for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench, topics,
-                    console):
+                    held, console):
         cli.add_command(command)
 
 

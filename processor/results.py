@@ -10,7 +10,7 @@ from typing import Any
 
 from processor.records import TERMINAL_OUTCOMES
 
-OUTCOME_ORDER = ("delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid")
+OUTCOME_ORDER = ("delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled")
 
 
 @dataclass

@@ -64,6 +64,10 @@ class Topics:
     def audit(self) -> str:
         return self.name(c.AUDIT)
 
+    @property
+    def held(self) -> str:
+        return self.name(c.HELD)
+
     def retry_tier(self, delay_ms: int) -> str:
         return self.name(f"{c.WEBHOOKS}.retry.{delay_ms // 1000}s")
 

@@ -16,7 +16,7 @@ import orjson
 from processor.console.index import FAILED_OUTCOMES
 
 PAGE_SIZE = 50
-OUTCOMES = ("delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid")
+OUTCOMES = ("delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled")
 DAY_MS = 86_400_000
 
 
