@@ -31,7 +31,8 @@ from processor.settings import Settings
 
 log = get_logger(__name__)
 
-__all__ = ["REPLAYABLE", "ReplayFilter", "fresh_attempt", "parse_time", "replay", "replay_dead", "select"]
+__all__ = ["REPLAYABLE", "ReplayFilter", "fresh_attempt", "parse_time", "replay", "replay_dead", "requeue",
+           "select"]
 
 REPLAYABLE = ("dead", "failed", "invalid")
 
@@ -123,6 +124,23 @@ async def _read_latest_outcomes(settings: Settings, idle_s: float) -> tuple[dict
     return latest, at
 
 
+async def requeue(settings: Settings, dues: list[dict[str, Any]]) -> int:
+    """Produce each webhook-due record as a fresh first try (same delivery id, so same webhook-id)."""
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        acks = [
+            await producer.send(
+                settings.topics.webhooks, orjson.dumps(fresh_attempt(due)), key=due["delivery_id"].encode()
+            )
+            for due in dues
+        ]
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    return len(dues)
+
+
 async def replay(
     settings: Settings, selection: ReplayFilter, *, outcome: str = "dead", idle_s: float = 2.0
 ) -> dict[str, int]:
@@ -137,18 +155,7 @@ async def replay(
     if outcome != "dead":  # the time of a failure is its result's, not the record's
         found = [(at.get(due["delivery_id"], died), due) for died, due in found]
     chosen = select(found, latest, selection, outcome)
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        acks = [
-            await producer.send(
-                settings.topics.webhooks, orjson.dumps(fresh_attempt(due)), key=due["delivery_id"].encode()
-            )
-            for due in chosen
-        ]
-        await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
+    await requeue(settings, chosen)
     distinct = len({due["delivery_id"] for _, due in found if latest.get(due["delivery_id"]) == outcome
                     or outcome == "dead"})
     log.info("replayed", outcome=outcome, replayed=len(chosen), skipped=distinct - len(chosen))
