@@ -604,12 +604,8 @@ class Lane:
                     self.consumer.resume(tp)
 
     def idle_for(self) -> float | None:
-        """Seconds this lane has had nothing to do, or None while it is busy, unassigned, or
-        has not had a first fetch answer for each of its partitions (on Apache Kafka, under
-        load, the first fetch after an assignment can take longer than a short drain)."""
+        """Seconds this lane has had nothing to do, or None while it is busy or unassigned."""
         if not self.assigned or self.taken or self.buffers:
-            return None
-        if any(self.consumer.highwater(tp) is None for tp in self.consumer.assignment()):
             return None
         return time.monotonic() - self.last_activity
 
