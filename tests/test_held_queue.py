@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
@@ -110,9 +111,14 @@ async def test_held_deliveries_wait_until_sent_or_cancelled(settings: Settings) 
         assert [h.due["profile_id"] for h in cancelled_now] == ["cy"]
         await _drain(settings)
         left = await read_queue(settings)
+        listing = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "processor", "held", "list", "--json", "--flow", "review", env=env,
+            stdout=asyncio.subprocess.PIPE)
+        listed, _ = await asyncio.wait_for(listing.communicate(), 60)
     finally:
         await receiver.stop()
     assert [h.due["profile_id"] for h in left] == ["bo"]
+    assert [orjson.loads(line)["profile_id"] for line in listed.splitlines()] == ["bo"]
     ann_hits = receiver.hits_for(ann.delivery_id)
     assert len(ann_hits) == 1 and ann_hits[0].body == b'{"email":"ann@example.com"}'
     results = await read_values(settings, settings.topics.results)
