@@ -99,6 +99,7 @@ def main() -> None:
 def _register_commands() -> None:
     """Each area owns its commands; they are gathered here under one group."""
     from processor.commands import bench, demo, dev, results, send
+    from processor.console.commands import console
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
@@ -106,7 +107,7 @@ def _register_commands() -> None:
     from processor.kafka_commands import topics
 
     for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench, topics,
-                    held):
+                    held, console):
         cli.add_command(command)
 
 
