@@ -1,6 +1,7 @@
-"""The console's Needs-Review page: a manager lists, sends and cancels held deliveries (the same
-queue as `flowhook held`), an analyst may not, every change is audited (real console app over
-loopback HTTP, real dispatcher and broker, a loopback receiver)."""
+"""The console's Needs-Review page (processor/console/pages_held.py, on processor.held) without a
+browser: a manager lists, sends and cancels held deliveries (the queue of `flowhook held`), an
+analyst may not, every change is audited (the real console app over loopback HTTP, the real
+dispatcher and broker, a loopback receiver). The browser test runs only where Chromium is."""
 
 from __future__ import annotations
 
@@ -60,6 +61,16 @@ class Browser:
                 self.cookie = answer.cookies[COOKIE].value
             return answer
 
+    async def get_until(self, path: str, texts: list[str], timeout_s: float = 30.0) -> str:
+        """GET until every text is on the page (the console's index follows the topics)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            page = await self.get(path)
+            if all(t in page for t in texts) or asyncio.get_running_loop().time() > deadline:
+                assert all(t in page for t in texts), page
+                return page
+            await asyncio.sleep(0.3)
+
     async def sign_in(self, name: str) -> None:
         await self.get("/login")
         answer = await self.post("/login", name=name, password=PASSWORD, next="/held")
@@ -95,14 +106,14 @@ async def test_manager_sends_and_cancels_from_the_page_analyst_may_not(
         async with aiohttp.ClientSession() as http:
             manager, analyst = Browser(http, base), Browser(http, base)
             await manager.sign_in("max")
-            page = await manager.get("/held")
-            assert all(d["delivery_id"] in page for d in (*review, other))
-            sent = await manager.post("/held/send", delivery_id=review[0]["delivery_id"])
-            assert (sent.status, sent.headers["Location"]) == (303, "/held?done=send&count=1")
-            cancelled = await manager.post("/held/cancel", flow="other")
-            assert cancelled.status == 303 and "count=1" in cancelled.headers["Location"]
+            page = await manager.get_until("/held", [d["delivery_id"] for d in (*review, other)])
+            assert "Send the selected" in page
+            sent = await manager.post("/held", action="send", delivery_id=review[0]["delivery_id"])
+            assert (sent.status, sent.headers["Location"]) == (303, "/held?done=send+1")
+            cancelled = await manager.post("/held", action="cancel", flow="other")
+            assert (cancelled.status, cancelled.headers["Location"]) == (303, "/held?done=cancel+1")
             await analyst.sign_in("ana")
-            refused = await analyst.post("/held/send", delivery_id=review[1]["delivery_id"])
+            refused = await analyst.post("/held", action="send", delivery_id=review[1]["delivery_id"])
             assert refused.status == 403
         await _drain(settings)
         left = await read_queue(settings)

@@ -1,9 +1,8 @@
-"""The Needs-Review queue in the console: held deliveries of manual flows, to send or cancel.
+"""The Needs-Review queue (`processor.held`): deliveries of manual flows waiting to be sent or cancelled.
 
-The same queue as `flowhook held` (processor.held): the page lists it, and sending or
-cancelling one, or all of a flow's, goes through `held.send` / `held.cancel`. Sending
-needs the role that may replay (a delivery goes out as it was rendered; no webhook step is
-edited, so two-factor is not needed); every change is written to the audit topic.
+The list comes from the index (deliveries whose latest outcome is `held`, with the request
+the engine built); sending and cancelling go through `processor.held.send` / `cancel`, which
+read the held topic again, so what is acted on is what the topics hold, never a stale page.
 """
 
 from __future__ import annotations
@@ -11,44 +10,48 @@ from __future__ import annotations
 from aiohttp import web
 
 from processor import held
-from processor.console import auth
+from processor.console import auth, queries
 from processor.console.audit import audit_record
 from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.pages_change import require
 
 routes = web.RouteTableDef()
-ACTIONS = {"send": held.send, "cancel": held.cancel}
 
 
 @routes.get("/held")
 async def held_page(request: web.Request) -> web.StreamResponse:
     console: Console = request.app[CONSOLE]
     flow_id = request.query.get("flow") or None
-    queue = await held.read_queue(console.settings)
-    rows = [h.row() for h in queue if flow_id is None or h.flow_id == flow_id]
-    flows = sorted({h.flow_id for h in queue})
-    return console.render(request, "held.html", rows=rows, flows=flows, flow_id=flow_id,
-                          done=request.query.get("done"), count=request.query.get("count"))
+    f = queries.LogFilter(flow_id=flow_id, outcomes=("held",))
+    page = await console.index.read(queries.activity, f, 500)
+    return console.render(request, "held.html", rows=page.rows, flow_id=flow_id,
+                          done=request.query.get("done"))
 
 
-@routes.post("/held/{action}")
-async def held_change(request: web.Request) -> web.StreamResponse:
-    """Send or cancel the posted delivery ids, or every queued delivery of the posted flow."""
+@routes.post("/held")
+async def act_on_held(request: web.Request) -> web.StreamResponse:
+    """`action=send` or `cancel`, for the ticked deliveries or (with `flow`) all of a flow's."""
     console: Console = request.app[CONSOLE]
-    action = request.match_info["action"]
-    if action not in ACTIONS:
-        raise web.HTTPNotFound(text="held deliveries can be sent or cancelled")
     require(request, auth.Action.REPLAY)
     form = await form_of(request)
-    ids = tuple(str(d) for d in form.getall("delivery_id", []) if d)
+    action = str(form.get("action", ""))
+    if action not in ("send", "cancel"):
+        raise web.HTTPBadRequest(text="action must be send or cancel")
+    ids = tuple(str(v) for v in form.getall("delivery_id", []))
     flow_id = str(form.get("flow") or "") or None
     if not ids and flow_id is None:
-        raise web.HTTPBadRequest(text="name the deliveries (delivery_id) or a flow (flow)")
-    done = await ACTIONS[action](console.settings, held.Selection(delivery_ids=ids, flow_id=flow_id))
-    who, role = request["user"].name, request["user"].role
+        raise web.HTTPBadRequest(text="tick at least one delivery, or act on a whole flow")
+    selection = held.Selection(delivery_ids=ids, flow_id=flow_id)
+    done = await (held.send if action == "send" else held.cancel)(console.settings, selection)
+    user = request["user"]
+    done_ids = [h.delivery_id for h in done]
     await console.audit.write(audit_record(
-        who=who, role=role, action=f"held.{action}", flow_id=flow_id or (done[0].flow_id if done else None),
-        detail={"deliveries": len(done), "webhook_ids": [h.delivery_id for h in done][:100]}))
-    suffix = f"&flow={flow_id}" if flow_id else ""
-    raise web.HTTPSeeOther(f"/held?done={action}&count={len(done)}{suffix}")
+        who=user.name, role=user.role, action=f"held.{action}", flow_id=flow_id or _one_flow(done),
+        detail={"deliveries": len(done_ids), "webhook_ids": done_ids[:100]}))
+    raise web.HTTPSeeOther(f"/held?done={action}+{len(done_ids)}")
+
+
+def _one_flow(done: list[held.HeldDelivery]) -> str | None:
+    flows = {h.flow_id for h in done}
+    return flows.pop() if len(flows) == 1 else None

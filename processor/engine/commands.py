@@ -31,7 +31,7 @@ def processor(brokers: str | None, store: str | None, data_dir: Path | None) -> 
 
     settings = load_settings(brokers=brokers, store=store, data_dir=data_dir)
     route_stdlib_logging(settings.log_format)
-    raise SystemExit(run_async(_serve(settings)))
+    raise SystemExit(run_async(_serve(settings), worker=True))
 
 
 def route_stdlib_logging(log_format: str) -> None:

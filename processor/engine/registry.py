@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
+from processor import strict_json
 from processor.engine.flowset import FlowSet
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
@@ -29,7 +28,7 @@ def flow_from_record(value: bytes, *, allow_http: bool) -> Any:
     """A flow record's value -> Flow (raises FlowhookError or ValueError if unusable)."""
     from processor.flows.loader import flow_from_dict
 
-    record = orjson.loads(value)
+    record = strict_json.loads(value, max_string_bytes=None)
     return flow_from_dict(
         record["definition"],
         source=str(record.get("source") or "<flows topic>"),
@@ -42,11 +41,16 @@ class FlowRegistry:
     """Keeps `flows` in step with the flows topic in a background task."""
 
     def __init__(
-        self, settings: Settings, flows: FlowSet, on_change: Callable[[Flow | None], None] | None = None
+        self,
+        settings: Settings,
+        flows: FlowSet,
+        on_change: Callable[[Flow | None], None] | None = None,
+        on_refused: Callable[[Any, str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.flows = flows
         self._on_change = on_change
+        self._on_refused = on_refused  # (consumed record, reason): copies it aside
         self.loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -71,26 +75,34 @@ class FlowRegistry:
                 batch = await reader.getmany(timeout_ms=IDLE_LOADED_MS)
                 for recs in batch.values():
                     for record in recs:
-                        self.apply(record.key, record.value)
+                        reason = self.apply(record.key, record.value)
+                        if reason is not None and self._on_refused is not None:
+                            await self._on_refused(record, reason)
                 if not batch:
                     self.loaded.set()
         finally:
             await reader.stop()
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """Apply one flow record: a definition (new version) or a tombstone (removal)."""
+    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Apply one flow record: a definition (new version) or a tombstone (removal).
+        Returns why the record was refused (the flows in force stay as they were), or None."""
         flow_id = key.decode(errors="replace") if key else None
         if value is None:
-            if flow_id:
-                self.flows.remove(flow_id)
-                log.info("flow_removed", flow_id=flow_id)
-            return
+            if not flow_id:
+                return "a tombstone without a key (no flow id)"
+            self.flows.remove(flow_id)
+            log.info("flow_removed", flow_id=flow_id)
+            return None
         try:
             flow = flow_from_record(value, allow_http=self.settings.allow_http)
         except (FlowhookError, ValueError, KeyError, TypeError) as exc:
             log.warning("flow_record_refused", flow_id=flow_id, error=str(exc)[:500])
-            return
+            return f"flow record refused: {str(exc)[:500]}"
+        except Exception as exc:  # a definition must never take the worker down (deep, odd)
+            log.warning("flow_record_refused", flow_id=flow_id, error=type(exc).__name__)
+            return f"flow record refused: {type(exc).__name__}"
         self.flows.put(flow)
         log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
         if self._on_change is not None:
             self._on_change(flow)
+        return None
