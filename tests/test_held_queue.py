@@ -80,7 +80,6 @@ def _review_flow(url: str, status: str, flow_id: str = "review") -> dict[str, An
     return definition(flow_id, status=status, trigger={"metric": f"{flow_id} order"}, steps=[hook])
 
 
-@pytest.mark.integration
 async def test_held_deliveries_wait_until_sent_or_cancelled(settings: Settings) -> None:
     """Manual: held and queued; going live releases nothing; send keeps the webhook-id; cancel ends it."""
     receiver = await ScriptedReceiver().start()
