@@ -7,6 +7,7 @@ import gc
 import click
 
 from processor import constants as c
+from processor.ops.options import metrics_port_option
 
 
 def _tune_gc() -> None:
@@ -43,14 +44,16 @@ def _tune_gc() -> None:
     metavar="SECONDS",
     help="Burst mode: exit once the input has been idle this long and nothing is in flight.",
 )
+@metrics_port_option
 def dispatcher(
-    brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None
+    brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None,
+    metrics_port: int | None,
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
     from processor.cli import load_settings, run_async
     from processor.dispatch.worker import run_dispatcher
 
-    settings = load_settings(brokers=brokers)
+    settings = load_settings(brokers=brokers, metrics_port=metrics_port)
     _tune_gc()
     run_async(
         run_dispatcher(

@@ -28,12 +28,13 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    outcome: str | None = None  # a result record's outcome (counted in the worker's metrics)
 
 
 def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:
     """The result record of one attempt outcome, keyed by delivery id."""
     value = records.delivery_result(due, outcome=outcome, **fields)
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
 
 
 def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
@@ -70,7 +71,7 @@ def _attempt_result(
         sent_at_ms=attempt.sent_at_ms,
         finished_at_ms=attempt.finished_at_ms,
     )
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
 
 
 def _attempt_fields(attempt: Attempt) -> dict[str, Any]:

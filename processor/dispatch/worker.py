@@ -71,6 +71,9 @@ from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
 from processor.kafka import ensure_topics, make_producer, wait_for_broker
 from processor.logs import get_logger
+from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
+from processor.ops.lag import LagWatch
+from processor.ops.metrics import WorkerMetrics
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
 
@@ -194,6 +197,12 @@ class Dispatcher:
         self.outstanding_retries: set[tuple[str, int]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.metrics = WorkerMetrics("dispatcher")
+        self.metrics.on_breakers(
+            lambda: [((key,), 1.0 if b.is_open else 0.0) for key, b in self.breakers.by_key.items()]
+        )
+        self.lanes: list[Lane] = []
+        self.started = False
 
     def fail(self, exc: BaseException) -> None:
         """Stop everything: an outcome could not be made or written."""
@@ -217,7 +226,7 @@ class Dispatcher:
             self.retry_produced(outputs)
             acks = await self.send_outputs(outputs)
             ack = acks[0] if len(acks) == 1 else asyncio.gather(*acks)
-            ack.add_done_callback(lambda done: self._acked(work, done))
+            ack.add_done_callback(lambda done: self._acked(work, done, outputs))
             handed_off = True
         except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
             self.fail(exc)
@@ -226,7 +235,7 @@ class Dispatcher:
                 lane.release()
             lane.last_activity = time.monotonic()
 
-    def _acked(self, work: Work, ack: asyncio.Future[Any]) -> None:
+    def _acked(self, work: Work, ack: asyncio.Future[Any], outputs: list[Output]) -> None:
         try:
             if ack.cancelled():
                 return  # not written: the offset stays uncommitted
@@ -235,8 +244,42 @@ class Dispatcher:
                 self.fail(error)
             else:
                 work.tracker.finish(work.record.offset)
+                self._count(work, outputs)
         finally:
             work.lane.release()
+
+    def _count(self, work: Work, outputs: list[Output]) -> None:
+        """Metrics of what was written: one delivery count per result record (one dict update)."""
+        for output in outputs:
+            if output.outcome is not None and work.due is not None:
+                self.metrics.deliveries.add((work.due["flow_id"], work.due["step_id"], output.outcome))
+            elif work.due is None:  # an unusable record, copied to the invalid-input topic
+                self.metrics.invalid.add((work.record.topic,))
+
+    def readiness(self) -> Readiness:
+        """Ready once started, with partitions of every lane assigned."""
+        assigned = {lane.name: len(lane.consumer.assignment()) for lane in self.lanes}
+        details = {"partitions": assigned}
+        if self.fatal is not None:
+            return Readiness(False, "stopping after a failure", details)
+        if not self.started:
+            return Readiness(False, "starting", details)
+        missing = [name for name, n in assigned.items() if n == 0]
+        if missing:
+            return Readiness(False, f"no partitions assigned yet: {', '.join(missing)}", details)
+        return Readiness(True, "", details)
+
+    def retry_depth(self, lags: dict[tuple[str, str], float]) -> list[tuple[tuple[str, ...], float]]:
+        """Per retry tier: records not fetched yet (lag) plus fetched ones waiting to be due."""
+        depth = dict.fromkeys(self.topics.retry_tiers, 0.0)
+        for (topic, _partition), lag in lags.items():
+            if topic in depth:
+                depth[topic] += lag
+        for lane in self.lanes:
+            for tp, buffer in lane.buffers.items():
+                if tp.topic in depth:
+                    depth[tp.topic] += len(buffer)
+        return [((topic,), value) for topic, value in depth.items()]
 
     async def outputs_for(
         self,
@@ -280,13 +323,20 @@ class Dispatcher:
         if not breaker.allow(now_ms()):
             attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
             return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+        metrics = self.metrics
         try:
             async with window:
                 assert self.session is not None
-                attempt = await send(self.session, prepared)
+                metrics.in_flight += 1
+                try:
+                    attempt = await send(self.session, prepared)
+                finally:
+                    metrics.in_flight -= 1
         except BaseException:
             breaker.probing = False  # an abandoned probe must not keep the circuit open forever
             raise
+        if attempt.latency_ms is not None:
+            metrics.delivery_seconds.observe(attempt.latency_ms / 1000)
         self._update_breaker(prepared.destination, attempt)
         if attempt.failure is not None:
             log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
@@ -607,20 +657,33 @@ async def run_dispatcher(
     )
     # linger 5 ms (make_producer) batches results; the partitioner is the same murmur2, faster.
     core.producer = make_producer(settings, partitioner=KeyPartitioner())
-    lanes = [
+    lanes = core.lanes = [
         Lane(core, "first", [settings.topics.webhooks], delayed=False),
         Lane(core, "retry", settings.topics.retry_tiers, delayed=True),
     ]
+    lag = LagWatch(lambda: [(lane.consumer, None) for lane in lanes])
+    core.metrics.on_lag(lag.samples)
+    core.metrics.on_retry_depth(lambda: core.retry_depth(lag.lags))
+    endpoint = None
     try:
+        endpoint = await start_endpoint(
+            Endpoint(core.metrics, core.readiness, healthy=lambda: core.fatal is None),
+            settings.metrics_host, settings.metrics_port,
+        )
         await core.producer.start()
         for lane in lanes:
             await lane.start()
+        core.started = True
+        lag.start()
         log.info(
             "dispatcher_started", concurrency=options.concurrency, per_destination=options.per_destination
         )
         await _run_lanes(core, lanes, stop)
     finally:
+        await lag.stop()
         await asyncio.shield(_close(core, lanes))
+        if endpoint is not None:
+            await endpoint.stop()
     if core.fatal is not None:
         raise DispatcherError(f"an outcome could not be written: {core.fatal!r}") from core.fatal
 

@@ -10,6 +10,8 @@ from typing import Any
 
 import click
 
+from processor.ops.options import metrics_port_option
+
 
 @click.command()
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
@@ -25,11 +27,14 @@ import click
     default=None,
     help="Folder for the RocksDB store (env FLOWHOOK_DATA_DIR).",
 )
-def processor(brokers: str | None, store: str | None, data_dir: Path | None) -> None:
+@metrics_port_option
+def processor(
+    brokers: str | None, store: str | None, data_dir: Path | None, metrics_port: int | None
+) -> None:
     """Run the flow processor (a Faust worker): events in, webhook-due records out."""
     from processor.cli import load_settings, run_async
 
-    settings = load_settings(brokers=brokers, store=store, data_dir=data_dir)
+    settings = load_settings(brokers=brokers, store=store, data_dir=data_dir, metrics_port=metrics_port)
     route_stdlib_logging(settings.log_format)
     raise SystemExit(run_async(_serve(settings)))
 

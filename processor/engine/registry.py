@@ -48,6 +48,8 @@ class FlowRegistry:
         self.flows = flows
         self._on_change = on_change
         self.loaded = asyncio.Event()
+        # flow id -> why this worker refused its current definition (shown in metrics and logs)
+        self.refused: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -83,13 +85,19 @@ class FlowRegistry:
         if value is None:
             if flow_id:
                 self.flows.remove(flow_id)
+                self.refused.pop(flow_id, None)
                 log.info("flow_removed", flow_id=flow_id)
             return
         try:
             flow = flow_from_record(value, allow_http=self.settings.allow_http)
         except (FlowhookError, ValueError, KeyError, TypeError) as exc:
-            log.warning("flow_record_refused", flow_id=flow_id, error=str(exc)[:500])
+            # The operator must see this: the flow was published, but this worker will not run it.
+            reason = str(exc)[:500]
+            if flow_id:
+                self.refused[flow_id] = reason
+            log.error("flow_record_refused", flow_id=flow_id, error=reason)
             return
+        self.refused.pop(flow.id, None)
         self.flows.put(flow)
         log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
         if self._on_change is not None:
