@@ -6,11 +6,13 @@ Exit codes: 0 ok, 1 failure, 2 bad usage or bad input (message names file, line,
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
 import click
+import orjson
 
 from processor import __version__
 from processor.errors import FlowhookError, InputError
@@ -64,6 +66,16 @@ def broker(port: int) -> None:
     sys.exit(run_broker_only(port))
 
 
+def report_error(exc: BaseException) -> None:
+    """`error: ...` on stderr; with FLOWHOOK_LOG_FORMAT=json one JSON object, like every log line."""
+    if os.environ.get("FLOWHOOK_LOG_FORMAT") == "json":
+        line = orjson.dumps({"event": "command_failed", "level": "error", "error": str(exc),
+                             "error_type": type(exc).__name__})
+        click.echo(line.decode(), err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+
+
 def main() -> None:
     """Console entry point: FlowhookErrors become a message and exit code, not a traceback."""
     try:
@@ -75,10 +87,10 @@ def main() -> None:
         exc.show()
         code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
     except InputError as exc:
-        click.echo(f"error: {exc}", err=True)
+        report_error(exc)
         code = EXIT_BAD_INPUT
     except FlowhookError as exc:
-        click.echo(f"error: {exc}", err=True)
+        report_error(exc)
         code = EXIT_FAILURE
     except KeyboardInterrupt:
         code = EXIT_FAILURE

@@ -104,7 +104,9 @@ async def _wait_ready(urls: list[str], timeout_s: float = 60.0) -> None:
 
 
 @pytest.mark.slow
-async def test_two_processors_each_answer_for_the_profiles_they_own(settings: Settings, tmp_path: Path) -> None:
+async def test_two_processors_each_answer_for_the_profiles_they_own(
+    settings: Settings, tmp_path: Path
+) -> None:
     """With two processors, each profile is served (200, with its waiting run) by exactly the
     owner of its partition; the other says not_owned with the same partition."""
     await publish_flows(settings, definition("wait", steps=[{"delay": "1h"}, webhook("later")]))
@@ -149,8 +151,9 @@ async def _owners(urls: list[str], profiles: list[str], partitions: int) -> dict
             continue  # a rebalance under way, or the event not handled yet
         owner, (_, body) = found[0], answers[found[0]]
         other_status, other = answers[1 - owner]
-        assert (other_status, other) == (404, {"error": "not_owned", "partition": partition_of(pid, partitions)})
-        assert body["partition"] == partition_of(pid, partitions)
+        partition = partition_of(pid, partitions)
+        assert (other_status, other) == (404, {"error": "not_owned", "partition": partition})
+        assert body["partition"] == partition
         assert body["profile"]["email"] == f"{pid}@example.com"
         [run] = body["runs"]
         assert (run["flow_id"], run["version"], run["step"]["kind"]) == ("wait", 1, "webhook")

@@ -6,7 +6,6 @@ import asyncio
 import gc
 import signal
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -35,32 +34,7 @@ def processor(
     from processor.cli import load_settings, run_async
 
     settings = load_settings(brokers=brokers, store=store, data_dir=data_dir, metrics_port=metrics_port)
-    route_stdlib_logging(settings.log_format)
     raise SystemExit(run_async(_serve(settings)))
-
-
-def route_stdlib_logging(log_format: str) -> None:
-    """Faust, mode and aiokafka log through stdlib logging: render their lines like ours."""
-    import logging
-    import sys
-
-    import structlog
-
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name],
-    )
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
 
 
 def _tune_gc() -> None:
