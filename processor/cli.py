@@ -99,12 +99,13 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Each area owns its commands; they are gathered here under one group."""
-    from processor.commands import bench, demo, dev, results, send
+    from processor.commands import bench, demo, dev, send
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
+    from processor.ops.commands import lag, results
 
-    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench):
+    for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench):
         cli.add_command(command)
 
 

@@ -1,4 +1,4 @@
-"""`flowhook demo|dev|send|results`: the tools around the workers."""
+"""`flowhook demo|dev|send|bench`: the tools around the workers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import click
-import orjson
 from rich.console import Console
 
 from processor.cli import load_settings, run_async
@@ -55,39 +54,6 @@ def send(file: Path, topic: str | None, rate: float | None, brokers: str | None)
         sent = run_async(produce_lines(settings, topic, lines, rate=rate,
                                        progress=lambda n: bar.advance(task, n)))
     click.echo(f"sent {sent} records from {file} to {topic}", err=True)
-
-
-@click.command()
-@click.option("--follow", is_flag=True, help="Keep reading new outcomes until Ctrl-C.")
-@click.option("--flow", "flow_id", default=None, help="Only this flow's outcomes.")
-@click.option("--summary", is_flag=True, help="Per flow and step: outcomes, p50/p95 latency, top errors.")
-@click.option("--idle", default=2.0, show_default=True, help="Stop after this many idle seconds.")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
-def results(follow: bool, flow_id: str | None, summary: bool, idle: float, brokers: str | None) -> None:
-    """Read delivery and run outcomes from the results topic (JSON lines, or a summary)."""
-    from processor.kafka import read_records
-    from processor.results import matches, summarize
-    from processor.summary_view import print_summary
-
-    settings = load_settings(brokers=brokers)
-
-    async def read() -> int:
-        collected = []
-        async for record in read_records(settings, settings.topics.results, idle_s=idle,
-                                         follow=follow and not summary):
-            value = orjson.loads(record.value)
-            if not matches(value, flow_id):
-                continue
-            if summary:
-                collected.append(value)
-            else:
-                sys.stdout.buffer.write(record.value + b"\n")
-                sys.stdout.flush()
-        if summary:
-            print_summary(summarize(collected))
-        return 0
-
-    sys.exit(run_async(read()))
 
 
 def _stderr_console() -> Console:

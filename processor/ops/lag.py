@@ -18,7 +18,7 @@ from typing import Any, Final
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from processor.kafka import make_reader
+from processor.kafka import make_reader, topic_plan
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -98,50 +98,55 @@ class GroupLag:
 
 
 async def group_lags(settings: Settings, groups: Iterable[str] | None = None) -> list[GroupLag]:
-    """Committed lag per consumer group and topic for Flowhook's groups (those of the topic
-    prefix), or for the named groups."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="flowhook-lag")
-    await admin.start()
-    try:
-        if groups is None:
+    """Committed lag per consumer group and topic, over Flowhook's topics, for Flowhook's groups
+    (those named with the topic prefix) or for the named groups."""
+    if groups is None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.brokers, client_id="flowhook-lag")
+        await admin.start()
+        try:
             listed = await admin.list_consumer_groups()
-            groups = sorted(g[0] for g in listed if g[0].startswith(settings.topic_prefix))
-        committed = {group: await admin.list_consumer_group_offsets(group) for group in groups}
-    finally:
-        await admin.close()
-    tps = {tp for offsets in committed.values() for tp in offsets}
-    ends = await _end_offsets(settings, tps, committed)
-    return _fold(committed, ends)
+        finally:
+            await admin.close()
+        groups = sorted(g[0] for g in listed if g[0].startswith(settings.topic_prefix))
+    ends = await _end_offsets(settings, list(topic_plan(settings)))
+    rows: list[GroupLag] = []
+    for group in groups:
+        rows.extend(_fold(group, await _committed(settings, group, list(ends)), ends))
+    return rows
 
 
-async def _end_offsets(settings: Settings, tps: set[TopicPartition],
-                       committed: dict[str, dict[TopicPartition, Any]]) -> dict[TopicPartition, int]:
-    if not tps:
-        return {}
+async def _end_offsets(settings: Settings, topics: list[str]) -> dict[TopicPartition, int]:
     reader = make_reader(settings)
     await reader.start()
     try:
-        # Every partition of each topic a group has committed on, so unread partitions count too.
-        topics = {tp.topic for tp in tps}
-        every = {TopicPartition(t, p) for t in topics for p in (reader.partitions_for_topic(t) or ())}
-        if not every:
-            await reader.topics()  # load metadata, then try again
-            every = {TopicPartition(t, p) for t in topics for p in (reader.partitions_for_topic(t) or ())}
-        return await reader.end_offsets(sorted(every | tps, key=lambda tp: (tp.topic, tp.partition)))
+        await reader.topics()  # metadata of every topic
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or ())]
+        return await reader.end_offsets(tps) if tps else {}
     finally:
         await reader.stop()
 
 
-def _fold(committed: dict[str, dict[TopicPartition, Any]], ends: dict[TopicPartition, int]) -> list[GroupLag]:
+async def _committed(settings: Settings, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+    """The group's committed offsets. A consumer of the group that never joins it asks the
+    coordinator per partition (the admin client's offset fetch trips the embedded broker)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.brokers, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = {tp: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+    return {tp: offset for tp, offset in found.items() if offset is not None and offset >= 0}
+
+
+def _fold(
+    group: str, committed: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+) -> list[GroupLag]:
+    """One row per topic the group has committed on; its partitions without a commit count fully."""
     rows = []
-    for group, offsets in committed.items():
-        by_topic: dict[str, list[TopicPartition]] = {}
-        for tp in ends:
-            if any(c.topic == tp.topic for c in offsets):
-                by_topic.setdefault(tp.topic, []).append(tp)
-        for topic, tps in sorted(by_topic.items()):
-            done = [offsets[tp].offset if tp in offsets and offsets[tp].offset >= 0 else 0 for tp in tps]
-            end = [ends[tp] for tp in tps]
-            lag = sum(max(0, e - d) for e, d in zip(end, done, strict=True))
-            rows.append(GroupLag(group, topic, len(tps), sum(done), sum(end), lag))
+    for topic in sorted({tp.topic for tp in committed}):
+        tps = [tp for tp in ends if tp.topic == topic]
+        done = [committed.get(tp, 0) for tp in tps]
+        end = [ends[tp] for tp in tps]
+        lag = sum(max(0, e - d) for e, d in zip(end, done, strict=True))
+        rows.append(GroupLag(group, topic, len(tps), sum(done), sum(end), lag))
     return rows
