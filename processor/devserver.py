@@ -7,13 +7,16 @@ import contextlib
 import ipaddress
 import signal
 from pathlib import Path
+from typing import Any
 
 from processor.broker import EmbeddedBroker
+from processor.errors import ConfigError
 from processor.kafka import ensure_topics
 from processor.logs import configure, get_logger
+from processor.ops.devwatch import Supervisor, show_deliveries, watch
 from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions, read_definition
+from processor.stack import apply_definitions, read_definition
 
 log = get_logger(__name__)
 
@@ -41,7 +44,8 @@ def run_broker_only(port: int) -> int:
 
 
 def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
-    """Broker, processor, dispatcher and a local receiver, until Ctrl-C."""
+    """Broker, processor, dispatcher and a local receiver, until Ctrl-C (exit 0), or until a
+    worker keeps dying (exit 1). Ready once every worker's /readyz says so."""
     base = Settings.from_env()
     configure(base.log_format, base.log_level)
     settings = base.with_(
@@ -51,18 +55,59 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
         store="memory",
     )
     workdir = settings.data_dir / "dev"
-    with EmbeddedBroker(port=port, log_file=workdir / "broker.log") as broker:
+    code = 0
+    # Ctrl-C at any moment, start-up included, is a clean stop.
+    broker_log = workdir / "broker.log"
+    with contextlib.suppress(KeyboardInterrupt), EmbeddedBroker(port=port, log_file=broker_log) as broker:
         asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
-        workers = [WorkerProcess(role, settings, workdir / f"{role}.log").start()
-                   for role in ("processor", "dispatcher")]
-        log.info("dev_ready", bootstrap=broker.bootstrap, logs=str(workdir), hint="Ctrl-C stops it")
+        supervisor = Supervisor(settings, workdir)
         try:
-            with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve_receiver(receiver_port))
+            supervisor.start()
+            code = asyncio.run(_serve(supervisor, broker.bootstrap, receiver_port))
         finally:
-            for worker in workers:
-                worker.stop()
-    return 0
+            supervisor.stop()
+    return code
+
+
+async def _serve(supervisor: Supervisor, bootstrap: str, receiver_port: int) -> int:
+    """Receiver up, workers ready, then show deliveries and worker trouble until stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await _start_receiver(receiver_port)
+    try:
+        if not await supervisor.wait_ready(stop):
+            if stop.is_set():
+                return 0
+            supervisor.show_logs()
+            log.error("dev_not_ready", reason=supervisor.failed or "the workers did not become ready")
+            return 1
+        ports = ",".join(f"127.0.0.1:{w.port}" for w in supervisor.workers if w.role == "processor")
+        log.info("dev_ready", bootstrap=bootstrap, logs=str(supervisor.workdir), processor_endpoints=ports,
+                 hint="Ctrl-C stops it")
+        tasks = [asyncio.create_task(watch(supervisor, stop)),
+                 asyncio.create_task(show_deliveries(supervisor.settings, stop))]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 1 if supervisor.failed else 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def _start_receiver(receiver_port: int) -> Any:
+    if not receiver_port:
+        return None
+    try:
+        runner, bound = await start_receiver(Receiver(), receiver_port)
+    except OSError as exc:
+        raise ConfigError(f"--receiver-port {receiver_port}: cannot listen on 127.0.0.1: {exc.strerror}") \
+            from None
+    log.info("receiver_ready", url=f"http://127.0.0.1:{bound}/")
+    return runner
 
 
 def flow_files(folder: Path) -> list[Path]:
@@ -74,17 +119,3 @@ async def _prepare(settings: Settings, paths: list[Path]) -> None:
     if paths:
         applied = await apply_definitions(settings, [(read_definition(p), str(p)) for p in paths])
         log.info("flows_applied", flows=applied)
-
-
-async def _serve_receiver(receiver_port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner = None
-    if receiver_port:
-        runner, bound = await start_receiver(Receiver(), receiver_port)
-        log.info("receiver_ready", url=f"http://127.0.0.1:{bound}/")
-    await stop.wait()
-    if runner is not None:
-        await runner.cleanup()

@@ -329,7 +329,8 @@ class Engine:
 
     def readiness(self) -> Readiness:
         """Ready once connected, with partitions assigned and their state recovered."""
-        details = {"partitions": sorted(self.owned), "flows": len(self.flows)}
+        details = {"partitions": sorted(self.owned), "flows": len(self.flows),
+                   "refused_flows": dict(self.registry.refused)}
         if self.failure is not None or self.app.crashed:
             return Readiness(False, "the engine failed", details)
         if not self.ready:
