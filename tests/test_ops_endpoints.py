@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -160,3 +163,41 @@ async def _owners(urls: list[str], profiles: list[str], partitions: int) -> dict
         assert run["wake_at"] is not None
         owners[pid] = owner
     return owners
+
+
+@pytest.mark.slow
+async def test_a_refused_flow_shows_in_log_metric_readyz_and_flows_list(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A processor without FLOWHOOK_ALLOW_HTTP refuses an http:// flow: an error log line,
+    flowhook_flows_refused{flow} 1, the reason in /readyz, and `flows list` / `flows apply`
+    (given FLOWHOOK_PROCESSOR_ENDPOINTS) say so instead of showing it live."""
+    port = free_port()
+    env = {"FLOWHOOK_METRICS_PORT": str(port), "FLOWHOOK_ALLOW_HTTP": "0", "FLOWHOOK_LOG_FORMAT": "json"}
+    worker = WorkerProcess("processor", settings, tmp_path / "p.log", env=env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await _wait_ready([url])
+        flow = tmp_path / "plain.yaml"
+        flow.write_text("id: plain-http\nstatus: live\ntrigger: {metric: Placed Order}\nsteps:\n"
+                        "  - webhook: {id: h, url: 'http://127.0.0.1:9/x'}\n")
+        cli_env = {**os.environ, **settings.as_env(), "COLUMNS": "250",
+                   "FLOWHOOK_PROCESSOR_ENDPOINTS": f"127.0.0.1:{port}"}
+        applied = await asyncio.to_thread(_cli, cli_env, "flows", "apply", "--allow-http", str(flow))
+        assert applied.returncode == 1, applied.stdout + applied.stderr
+        assert "plain-http was published, but the processor at" in applied.stderr
+        _, body = await _get(f"{url}/readyz")
+        assert "http" in body["refused_flows"]["plain-http"]
+        _, metrics = await _get(f"{url}/metrics")
+        assert 'flowhook_flows_refused{flow="plain-http"} 1.0' in metrics
+        listed = await asyncio.to_thread(_cli, cli_env, "flows", "list")
+        assert "refused by" in listed.stdout, listed.stdout
+    finally:
+        worker.stop()
+    logged = [orjson.loads(line) for line in (tmp_path / "p.log").read_text().splitlines() if line.strip()]
+    assert any(line["event"] == "flow_record_refused" and line["level"] == "error" for line in logged)
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "processor", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
