@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -49,11 +50,31 @@ def send(file: Path, topic: str | None, rate: float | None, brokers: str | None)
     settings = load_settings(brokers=brokers)
     topic = topic or settings.topics.events
     lines = read_lines(file, schema_for_topic(settings, topic))
-    with Progress(transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task(f"sending to {topic}", total=len(lines))
-        sent = run_async(produce_lines(settings, topic, lines, rate=rate,
-                                       progress=lambda n: bar.advance(task, n)))
+    console = _stderr_console()
+    if not console.is_terminal:  # a log or a pipe: plain progress lines instead of a bar
+        progress = PlainProgress(f"sending to {topic}", len(lines))
+        sent = run_async(produce_lines(settings, topic, lines, rate=rate, progress=progress.advance))
+    else:
+        with Progress(transient=True, console=console) as bar:
+            task = bar.add_task(f"sending to {topic}", total=len(lines))
+            sent = run_async(produce_lines(settings, topic, lines, rate=rate,
+                                           progress=lambda n: bar.advance(task, n)))
     click.echo(f"sent {sent} records from {file} to {topic}", err=True)
+
+
+class PlainProgress:
+    """Progress as a plain line on stderr at most every `every_s` seconds (not a terminal)."""
+
+    def __init__(self, what: str, total: int, every_s: float = 2.0) -> None:
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done = 0
+        self._last = time.monotonic()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self._last >= self.every_s and self.done < self.total:
+            self._last = time.monotonic()
+            click.echo(f"{self.what}: {self.done}/{self.total} ({self.done / self.total:.0%})", err=True)
 
 
 def _stderr_console() -> Console:

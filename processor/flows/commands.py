@@ -232,5 +232,11 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
         for problem in exc.problems:
             click.echo(click.style(str(problem), fg="red"), err=True)
         sys.exit(EXIT_BAD_INPUT)
-    for line in walk(checked.flow, event, profile).lines:
+    shown = walk(checked.flow, event, profile)
+    for line in shown.lines:
         click.echo(line)
+    invalid = [label for label, request in shown.requests if request.error is not None]
+    if invalid:  # the flow's fault, so bad input: a script checking flows must see it
+        click.echo(f"error: {len(invalid)} request(s) would be recorded as `invalid`: {', '.join(invalid)}",
+                   err=True)
+        sys.exit(EXIT_BAD_INPUT)
