@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench dev clean
+.PHONY: demo test lint bench dev clean kafka
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,10 @@ demo: $(STAMP)
 dev: $(STAMP)
 	$(BIN)/flowhook dev --flows examples/flows
 
+# The embedded leg, then (where java and mvn exist) the Apache Kafka legs: see .ci/test-legs.
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
+	bash .ci/test-legs
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -28,5 +29,18 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/flowhook bench
 
+# Apache Kafka's jars from Maven Central (deploy/kafka/pom.xml) into .kafka/lib; a no-op
+# when they are there. ~/.m2 caches the downloads.
+KAFKA_LIB := .kafka/lib
+KAFKA_STAMP := $(KAFKA_LIB)/.fetched
+
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): deploy/kafka/pom.xml
+	rm -rf $(KAFKA_LIB)
+	mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(CURDIR)/$(KAFKA_LIB)
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .kafka

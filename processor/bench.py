@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,7 @@ class BenchConfig:
     stages: tuple[str, ...] = STAGES
     stage_timeout_s: float = 300.0
     state_profiles: int = 1_000_000
+    broker: str = "embedded"  # or "kafka" (one Apache Kafka node); ignored with `brokers`
 
 
 @dataclass
@@ -68,6 +70,7 @@ class StageResult:
     latencies_ms: list[float] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    broker_cpu_s: float | None = None  # CPU time the broker process(es) used during the stage
 
     @property
     def rate(self) -> float | None:
@@ -83,6 +86,7 @@ class StageResult:
             "p95_ms": percentile(self.latencies_ms, 0.95),
             "p99_ms": percentile(self.latencies_ms, 0.99),
             "peak_rss_mb": self.rss_mb,
+            "broker_cpu_s": self.broker_cpu_s,
             "note": self.note,
         }
 
@@ -90,9 +94,11 @@ class StageResult:
 class Bench:
     """One bench run: a broker, a receiver process, and the stages in order."""
 
-    def __init__(self, config: BenchConfig, brokers: str, workdir: Path, receiver_port: int) -> None:
+    def __init__(self, config: BenchConfig, brokers: str, workdir: Path, receiver_port: int,
+                 broker_pids: tuple[int, ...] = ()) -> None:
         self.config = config
         self.brokers = brokers
+        self.broker_pids = broker_pids
         self.workdir = workdir
         self.receiver_port = receiver_port
         self.receiver_url = f"http://127.0.0.1:{receiver_port}"
@@ -413,11 +419,28 @@ async def run_stages(bench: Bench) -> list[StageResult]:
                        "dispatcher": bench.dispatcher, "e2e": bench.end_to_end}
     results: list[StageResult] = []
     for name in bench.config.stages:
+        cpu_before = broker_cpu_s(bench.broker_pids)
         if name == "state":
-            results += await run_state_stage(bench, bench.config.state_profiles)
+            stage = await run_state_stage(bench, bench.config.state_profiles)
         else:
-            results.append(await stage_functions[name]())
+            stage = [await stage_functions[name]()]
+        if bench.broker_pids and stage:
+            stage[0].broker_cpu_s = broker_cpu_s(bench.broker_pids) - cpu_before
+        results += stage
     return results
+
+
+def broker_cpu_s(pids: tuple[int, ...]) -> float:
+    """User + system CPU seconds the broker processes used so far (Linux /proc); 0 elsewhere."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def run_bench(config: BenchConfig, as_json: bool = False) -> int:
@@ -426,16 +449,26 @@ def run_bench(config: BenchConfig, as_json: bool = False) -> int:
         workdir = Path(tmp)
         port = free_port()
         receiver = start_receiver_process(port)
-        broker = None if config.brokers else EmbeddedBroker(log_file=workdir / "broker.log").start()
+        broker = None if config.brokers else _start_broker(config, workdir)
         try:
             brokers = broker.bootstrap if broker is not None else str(config.brokers)
-            results = _run(Bench(config, brokers, workdir, port))
+            pids = tuple(broker.pids()) if broker is not None else ()
+            results = _run(Bench(config, brokers, workdir, port, pids))
         finally:
             receiver.terminate()
             if broker is not None:
                 broker.stop()
     report(config, results, as_json)
     return 0 if all(not r.note.startswith(("incomplete", "not ready")) for r in results) else 1
+
+
+def _start_broker(config: BenchConfig, workdir: Path) -> Any:
+    """The broker the stages run on: the embedded one, or one Apache Kafka node."""
+    if config.broker == "kafka":
+        from processor.kafka_runner import KafkaCluster
+
+        return KafkaCluster(nodes=1, data_dir=workdir / "kafka").start()
+    return EmbeddedBroker(log_file=workdir / "broker.log").start()
 
 
 def _run(bench: Bench) -> list[StageResult]:

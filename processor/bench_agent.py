@@ -16,11 +16,11 @@ def make_app(settings: Settings) -> faust.App:
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"{settings.topic_prefix}bench-agent",
-        broker=f"kafka://{settings.brokers}",
+        broker=[f"kafka://{b.strip()}" for b in settings.brokers.split(",")],
         store="memory://" if settings.store == "memory" else "rocksdb://",
         datadir=str(datadir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication,
         producer_acks=-1,
         web_enabled=False,
         broker_session_timeout=settings.session_timeout_ms / 1000,

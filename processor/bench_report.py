@@ -21,9 +21,9 @@ def print_report(config: BenchConfig, results: list[StageResult]) -> None:
     agent = by_name.get("plain")
     table = Table(title=f"flowhook bench: {config.events:,} events, {config.profiles:,} profiles, "
                         f"concurrency {config.concurrency}, {config.partitions} partitions, "
-                        f"{config.store} store")
+                        f"{config.store} store, {_broker_name(config)}")
     for column in ("stage", "records", "seconds", "per second", "× raw HTTP", "× plain agent",
-                   "p50", "p95", "p99", "peak RSS", "note"):
+                   "p50", "p95", "p99", "peak RSS", "broker CPU", "note"):
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for result in results:
         p = result.as_dict()
@@ -38,11 +38,18 @@ def print_report(config: BenchConfig, results: list[StageResult]) -> None:
             _fmt(p["p95_ms"], " ms"),
             _fmt(p["p99_ms"], " ms"),
             ", ".join(f"{role} {mb:.0f} MiB" for role, mb in result.rss_mb.items()),
+            "" if result.broker_cpu_s is None else f"{result.broker_cpu_s:.1f} s",
             result.note,
         )
     console = Console()
     console.width = max(console.width, 160)  # a table this wide must not wrap
     console.print(table)
+
+
+def _broker_name(config: BenchConfig) -> str:
+    if config.brokers:
+        return f"brokers {config.brokers}"
+    return "Apache Kafka (1 node)" if config.broker == "kafka" else "embedded broker"
 
 
 def _ratio(result: StageResult, base: StageResult | None) -> str:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from processor.errors import BrokerError
 from processor.logs import get_logger
@@ -41,8 +42,32 @@ def broker_binary() -> str:
         raise BrokerError(str(exc)) from exc
 
 
-class EmbeddedBroker:
+class StartStop:
+    """The context-manager protocol of the brokers: `with X(...) as running:` starts and stops."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(StartStop):
     """A Tansu broker process on 127.0.0.1:<port>; use as a context manager or start()/stop()."""
+
+    kind = "embedded"
+    replication = 1  # one broker
 
     def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
         self.port = port or free_port()
@@ -53,7 +78,7 @@ class EmbeddedBroker:
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
 
-    def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+    def start(self, timeout: float = 15.0) -> Self:
         if _port_open(self.port):
             raise BrokerError(
                 f"port {self.port} on {HOST} is already in use; pick another with --port"
@@ -97,6 +122,9 @@ class EmbeddedBroker:
             time.sleep(0.05)
         raise BrokerError(f"the embedded broker did not listen on {self.bootstrap} in {timeout}s")
 
+    def pids(self) -> list[int]:
+        return [self.process.pid] if self.process is not None else []
+
     def pause(self) -> None:
         """SIGSTOP the broker (failure tests)."""
         assert self.process is not None
@@ -117,17 +145,6 @@ class EmbeddedBroker:
             self.process.kill()
             self.process.wait(timeout=5)
         log.info("broker_stopped", bootstrap=self.bootstrap)
-
-    def __enter__(self) -> EmbeddedBroker:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _port_open(port: int) -> bool:

@@ -9,13 +9,14 @@ import asyncio
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
 from processor import __version__
-from processor.errors import FlowhookError, InputError
+from processor.errors import FlowhookError, InputError, KafkaUnavailable
 from processor.logs import configure
 from processor.settings import Settings
 
@@ -57,13 +58,23 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--port", default=9092, show_default=True, help="Loopback port to listen on.")
-def broker(port: int) -> None:
-    """Run only the embedded Kafka-compatible broker on loopback, until Ctrl-C."""
-    from processor.devserver import run_broker_only
+@click.option("--port", default=9092, show_default=True,
+              help="Loopback port to listen on (with --nodes 3: PORT, PORT+1, PORT+2).")
+@click.option("--kafka", is_flag=True, help="Apache Kafka (KRaft) instead of the embedded broker.")
+@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="Kafka nodes (broker+controller each); 3 gives replication 3, min ISR 2.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep Kafka's data here (default: a temporary folder, removed at exit).")
+def broker(port: int, kafka: bool, nodes: str, data_dir: Path | None) -> None:
+    """Run only a broker on loopback until Ctrl-C: the embedded one, or Apache Kafka with --kafka."""
+    from processor.devserver import run_broker_only, run_kafka_only
 
     load_settings()
-    sys.exit(run_broker_only(port))
+    if not kafka:
+        if nodes != "1" or data_dir is not None:
+            raise click.UsageError("--nodes and --data need --kafka")
+        sys.exit(run_broker_only(port))
+    sys.exit(run_kafka_only(port, int(nodes), data_dir, announce=click.echo))
 
 
 def report_error(exc: BaseException) -> None:
@@ -86,7 +97,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
-    except InputError as exc:
+    except (InputError, KafkaUnavailable) as exc:
         report_error(exc)
         code = EXIT_BAD_INPUT
     except FlowhookError as exc:
@@ -103,9 +114,11 @@ def _register_commands() -> None:
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
+    from processor.kafka_commands import topics
     from processor.ops.commands import lag, results
 
-    for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench):
+    for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench,
+                    topics):
         cli.add_command(command)
 
 

@@ -29,11 +29,12 @@ def demo(events_file: Path | None, timeout: float) -> None:
               default=None, help="Apply the flow files in this folder at start.")
 @click.option("--receiver-port", default=8787, show_default=True,
               help="Port of the local receiver that the example flows post to (0: none).")
-def dev(port: int, flows_dir: Path | None, receiver_port: int) -> None:
-    """Embedded broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
+@click.option("--kafka", is_flag=True, help="Run on one Apache Kafka node, not the embedded broker.")
+def dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool) -> None:
+    """Broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
     from processor.devserver import run_dev
 
-    sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port))
+    sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port, kafka=kafka))
 
 
 @click.command()
@@ -96,8 +97,9 @@ def _stderr_console() -> Console:
 @click.option("--state-profiles", default=1_000_000, show_default=True,
               help="Profiles (each with a pending delay) the 'state' stage fills a RocksDB state with.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--kafka", is_flag=True, help="Run every stage on one Apache Kafka node (make kafka).")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
-          partitions: int, stages: str, state_profiles: int, as_json: bool) -> None:
+          partitions: int, stages: str, state_profiles: int, as_json: bool, kafka: bool) -> None:
     """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
 
     Stages: raw, agent, processor, dispatcher, e2e (the default), and state (on request: the
@@ -111,5 +113,5 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
         raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(ALL_STAGES)}")
     config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
                          rate=rate, store=store, partitions=partitions, stages=chosen,
-                         state_profiles=state_profiles)
+                         state_profiles=state_profiles, broker="kafka" if kafka else "embedded")
     sys.exit(run_bench(config, as_json=as_json))

@@ -14,11 +14,33 @@ RESULTS: Final = "results"
 EVENTS_INVALID: Final = "events.invalid"
 WAKEUPS: Final = "wakeups"
 DEAD_LETTER: Final = "webhooks.dead"
+# Events and profile updates that arrived off their profile's home partition (e.g. from a
+# librdkafka client's CRC32 partitioner) go through these, co-partitioned with the inputs.
+EVENTS_REPARTITION: Final = "events.repartition"
+PROFILES_REPARTITION: Final = "profiles.repartition"
 # Retry tiers: a record waits in the tier whose delay is the largest one not above its
 # own delay, so records in one tier are nearly ordered by due time (see dispatch.retry_policy).
 RETRY_TIER_DELAYS_MS: Final = (1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000)
 
 DEFAULT_PARTITIONS: Final = 8
+# Retention of the topics Flowhook creates (the compacted flows topic keeps every flow).
+# Inputs and due records only need to outlive a long outage of the workers; results and
+# dead letters are for analytics and replay, so they stay longer. Retry tiers hold a record
+# at most a tier's delay, but an outage can add to that.
+DAY_MS: Final = 86_400_000
+DEFAULT_RETENTION_MS: Final = 7 * DAY_MS
+TOPIC_RETENTION_MS: Final = {
+    "events": 7 * DAY_MS,
+    "profiles": 7 * DAY_MS,
+    "wakeups": 1 * DAY_MS,
+    "events.repartition": 1 * DAY_MS,
+    "profiles.repartition": 1 * DAY_MS,
+    "webhooks": 7 * DAY_MS,
+    "retry": 7 * DAY_MS,
+    "results": 30 * DAY_MS,
+    "events.invalid": 30 * DAY_MS,
+    "webhooks.dead": 30 * DAY_MS,
+}
 DEFAULT_BROKERS: Final = "127.0.0.1:9092"
 DEFAULT_BROKER_PORT: Final = 9092
 
@@ -60,6 +82,11 @@ DEFAULT_PER_DESTINATION: Final = 32
 
 # Input limits
 MAX_INPUT_RECORD_BYTES: Final = 1024 * 1024
+# Record size on Kafka: producers build requests of at most MAX_REQUEST_BYTES; brokers and
+# every topic Flowhook creates take batches up to MAX_MESSAGE_BYTES (one largest record plus
+# the batch's framing), so a record the producer accepts is never refused by the broker.
+MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
+MAX_MESSAGE_BYTES: Final = MAX_REQUEST_BYTES + 4096
 
 # Secrets come from the environment as FLOWHOOK_SECRET_<NAME>.
 SECRET_ENV_PREFIX: Final = "FLOWHOOK_SECRET_"  # noqa: S105 - a variable-name prefix, not a secret

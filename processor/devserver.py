@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,35 @@ def run_broker_only(port: int) -> int:
     return 0
 
 
-def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
+def run_kafka_only(port: int, nodes: int, data_dir: Path | None, announce: Callable[[str], None]) -> int:
+    """Apache Kafka (KRaft) on 127.0.0.1:<port>[..+2] until Ctrl-C or SIGTERM."""
+    from processor.kafka_runner import KafkaCluster
+
+    # SIGTERM while starting stops the nodes the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    cluster = KafkaCluster(nodes=nodes, port=port, data_dir=data_dir)
+    with contextlib.suppress(KeyboardInterrupt), cluster:
+        log.info("kafka_ready", bootstrap=cluster.bootstrap, nodes=nodes,
+                 data=str(cluster.data_dir), hint="Ctrl-C stops it")
+        announce(cluster.bootstrap)  # the bootstrap servers, on stdout, for scripts
+        _wait_for_ctrl_c()
+    return 0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _dev_broker(port: int, kafka: bool, workdir: Path) -> Any:
+    """The broker `dev` runs: the embedded one, or a single Apache Kafka node."""
+    if kafka:
+        from processor.kafka_runner import KafkaCluster
+
+        return KafkaCluster(nodes=1, port=port, data_dir=workdir / "kafka")
+    return EmbeddedBroker(port=port, log_file=workdir / "broker.log")
+
+
+def run_dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool = False) -> int:
     """Broker, processor, dispatcher and a local receiver, until Ctrl-C (exit 0), or until a
     worker keeps dying (exit 1). Ready once every worker's /readyz says so."""
     base = Settings.from_env()
@@ -55,21 +84,23 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int) -> int:
         store="memory",
     )
     workdir = settings.data_dir / "dev"
+    if kafka:
+        settings = settings.with_(idempotence=True)  # Kafka has idempotent producers
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     code = 0
     # Ctrl-C at any moment, start-up included, is a clean stop.
-    broker_log = workdir / "broker.log"
-    with contextlib.suppress(KeyboardInterrupt), EmbeddedBroker(port=port, log_file=broker_log) as broker:
+    with contextlib.suppress(KeyboardInterrupt), _dev_broker(port, kafka, workdir) as broker:
         asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
         supervisor = Supervisor(settings, workdir)
         try:
             supervisor.start()
-            code = asyncio.run(_serve(supervisor, broker.bootstrap, receiver_port))
+            code = asyncio.run(_serve(supervisor, broker.bootstrap, broker.kind, receiver_port))
         finally:
             supervisor.stop()
     return code
 
 
-async def _serve(supervisor: Supervisor, bootstrap: str, receiver_port: int) -> int:
+async def _serve(supervisor: Supervisor, bootstrap: str, kind: str, receiver_port: int) -> int:
     """Receiver up, workers ready, then show deliveries and worker trouble until stopped."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,8 +115,8 @@ async def _serve(supervisor: Supervisor, bootstrap: str, receiver_port: int) -> 
             log.error("dev_not_ready", reason=supervisor.failed or "the workers did not become ready")
             return 1
         ports = ",".join(f"127.0.0.1:{w.port}" for w in supervisor.workers if w.role == "processor")
-        log.info("dev_ready", bootstrap=bootstrap, logs=str(supervisor.workdir), processor_endpoints=ports,
-                 hint="Ctrl-C stops it")
+        log.info("dev_ready", bootstrap=bootstrap, broker=kind, logs=str(supervisor.workdir),
+                 processor_endpoints=ports, hint="Ctrl-C stops it")
         tasks = [asyncio.create_task(watch(supervisor, stop)),
                  asyncio.create_task(show_deliveries(supervisor.settings, stop))]
         await stop.wait()

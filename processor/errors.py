@@ -40,3 +40,7 @@ class ConfigError(FlowhookError):
 
 class BrokerError(FlowhookError):
     """The embedded broker could not be started or reached."""
+
+
+class KafkaUnavailable(FlowhookError):
+    """Java or the Apache Kafka jars are missing; the message says what to run."""

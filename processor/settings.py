@@ -68,9 +68,17 @@ class Topics:
         return [self.retry_tier(d) for d in c.RETRY_TIER_DELAYS_MS]
 
     @property
+    def events_repartition(self) -> str:
+        return self.name(c.EVENTS_REPARTITION)
+
+    @property
+    def profiles_repartition(self) -> str:
+        return self.name(c.PROFILES_REPARTITION)
+
+    @property
     def keyed_by_profile(self) -> list[str]:
         """Topics the processor reads together; they must share one partition count."""
-        return [self.events, self.profiles, self.wakeups]
+        return [self.events, self.profiles, self.wakeups, self.events_repartition, self.profiles_repartition]
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,23 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     # Bearer token of the processor's read-only profile lookup; the route is absent without it.
     endpoint_token: str | None = field(default=None, repr=False)
+    # Apache Kafka in production: replication of every topic Flowhook creates (Faust's
+    # changelog included) and the min ISR those topics get (None: 2 from replication 3 on).
+    replication: int = 1
+    min_insync_replicas: int | None = None
+    create_topics: bool = True  # False where admins create topics (`flowhook topics plan`)
+    idempotence: bool | None = None  # None: on where the broker supports it (not the embedded one)
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+
+    @property
+    def min_isr(self) -> int:
+        if self.min_insync_replicas is not None:
+            return self.min_insync_replicas
+        return 2 if self.replication >= 3 else 1
 
     @property
     def topics(self) -> Topics:
@@ -123,6 +148,7 @@ class Settings:
         if "FLOWHOOK_LOG_LEVEL" in env:
             values["log_level"] = env["FLOWHOOK_LOG_LEVEL"].lower()
         values.update(_endpoint_values(env))
+        values.update(_kafka_values(env))
         for name in ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms"):
             var = f"FLOWHOOK_{name.upper()}"
             if var in env:
@@ -139,6 +165,10 @@ class Settings:
             raise ConfigError(f"FLOWHOOK_LOG_FORMAT={self.log_format!r}: use 'console' or 'json'")
         if self.partitions < 1:
             raise ConfigError("FLOWHOOK_PARTITIONS must be at least 1")
+        if self.min_isr > self.replication:
+            raise ConfigError(f"FLOWHOOK_MIN_INSYNC_REPLICAS={self.min_isr} is above "
+                              f"FLOWHOOK_REPLICATION={self.replication}")
+        check_security(self)
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -161,6 +191,7 @@ class Settings:
             # Empty unless set: two children must not inherit one port from the parent's env.
             "FLOWHOOK_METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port),
             "FLOWHOOK_METRICS_HOST": self.metrics_host,
+            **_kafka_env(self),
         }
 
 
@@ -184,6 +215,70 @@ def _port(name: str, text: str) -> int:
     if not 0 <= value <= 65535:
         raise ConfigError(f"{name}={text!r}: a port is 0-65535 (0: any free port)")
     return value
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _kafka_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """Replication, topic creation, idempotence and security settings from FLOWHOOK_* variables."""
+    values: dict[str, Any] = {}
+    if "FLOWHOOK_REPLICATION" in env:
+        values["replication"] = _positive_int("FLOWHOOK_REPLICATION", env["FLOWHOOK_REPLICATION"])
+    if "FLOWHOOK_MIN_INSYNC_REPLICAS" in env:
+        values["min_insync_replicas"] = _positive_int(
+            "FLOWHOOK_MIN_INSYNC_REPLICAS", env["FLOWHOOK_MIN_INSYNC_REPLICAS"]
+        )
+    if "FLOWHOOK_CREATE_TOPICS" in env:
+        values["create_topics"] = _flag(env["FLOWHOOK_CREATE_TOPICS"])
+    idempotence = env.get("FLOWHOOK_IDEMPOTENCE", "auto").strip().lower()
+    if idempotence != "auto":
+        values["idempotence"] = _flag(idempotence)
+    if "FLOWHOOK_SECURITY_PROTOCOL" in env:
+        values["security_protocol"] = env["FLOWHOOK_SECURITY_PROTOCOL"].strip().upper()
+    if "FLOWHOOK_SASL_MECHANISM" in env:
+        values["sasl_mechanism"] = env["FLOWHOOK_SASL_MECHANISM"].strip().upper()
+    for name in ("sasl_username", "sasl_password"):
+        if f"FLOWHOOK_{name.upper()}" in env:
+            values[name] = env[f"FLOWHOOK_{name.upper()}"]
+    if env.get("FLOWHOOK_SSL_CAFILE"):
+        values["ssl_cafile"] = Path(env["FLOWHOOK_SSL_CAFILE"])
+    return values
+
+
+def _kafka_env(settings: Settings) -> dict[str, str]:
+    env = {
+        "FLOWHOOK_REPLICATION": str(settings.replication),
+        "FLOWHOOK_MIN_INSYNC_REPLICAS": str(settings.min_isr),
+        "FLOWHOOK_CREATE_TOPICS": "1" if settings.create_topics else "0",
+        "FLOWHOOK_IDEMPOTENCE": {None: "auto", True: "1", False: "0"}[settings.idempotence],
+        "FLOWHOOK_SECURITY_PROTOCOL": settings.security_protocol,
+    }
+    optional = {
+        "FLOWHOOK_SASL_MECHANISM": settings.sasl_mechanism,
+        "FLOWHOOK_SASL_USERNAME": settings.sasl_username,
+        "FLOWHOOK_SASL_PASSWORD": settings.sasl_password,
+        "FLOWHOOK_SSL_CAFILE": str(settings.ssl_cafile) if settings.ssl_cafile else None,
+    }
+    env.update({k: v for k, v in optional.items() if v is not None})
+    return env
+
+
+def check_security(settings: Settings) -> None:
+    """A security set-up that cannot work is a ConfigError naming the variable."""
+    protocol = settings.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        choices = ", ".join(SECURITY_PROTOCOLS)
+        raise ConfigError(f"FLOWHOOK_SECURITY_PROTOCOL={protocol!r}: use one of {choices}")
+    if not protocol.startswith("SASL_"):
+        return
+    if settings.sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            f"FLOWHOOK_SASL_MECHANISM={settings.sasl_mechanism!r}: use one of {', '.join(SASL_MECHANISMS)}"
+        )
+    if not settings.sasl_username or settings.sasl_password is None:
+        raise ConfigError(f"{protocol} needs FLOWHOOK_SASL_USERNAME and FLOWHOOK_SASL_PASSWORD")
 
 
 def parse_networks(text: str) -> tuple[IPNetwork, ...]:

@@ -9,18 +9,22 @@ import sys
 import orjson
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.conftest import test_broker_choice
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,state"
 
 
 @pytest.mark.timeout(300)
 def test_bench_smoke_runs_every_stage() -> None:
-    """Every stage of a 300-event bench completes all its records and reports a rate."""
+    """Every stage of a 300-event bench completes all its records and reports a rate (on the
+    Kafka legs: `bench --kafka`, which also reports the CPU its Kafka node used per stage)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWHOOK_")}
+    on_kafka = test_broker_choice() != "embedded"
     done = subprocess.run(
         [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
          "--concurrency", "16", "--partitions", "2", "--stages", EVERY_STAGE, "--state-profiles", "400",
-         "--json"],
+         "--json", *(["--kafka"] if on_kafka else [])],
         capture_output=True, timeout=290, env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
@@ -37,3 +41,4 @@ def test_bench_smoke_runs_every_stage() -> None:
     e2e = stages["end to end"]
     assert e2e["p50_ms"] is not None and e2e["p99_ms"] >= e2e["p50_ms"]
     assert set(e2e["peak_rss_mb"]) == {"processor", "dispatcher"}
+    assert e2e["broker_cpu_s"] is not None and e2e["broker_cpu_s"] > 0

@@ -53,13 +53,16 @@ def test_broker_command_listens_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     assert wait_until(lambda: not _port_open(port), 10)
 
 
-async def test_dev_applies_flows_and_delivers_to_its_receiver(tmp_path: Path) -> None:
-    """`flowhook dev --flows examples/flows` runs the whole path until Ctrl-C, then stops every part."""
+@pytest.mark.parametrize("extra", [[], pytest.param(["--kafka"], marks=pytest.mark.kafka)],
+                         ids=["embedded", "kafka"])
+async def test_dev_applies_flows_and_delivers_to_its_receiver(tmp_path: Path, extra: list[str]) -> None:
+    """`flowhook dev --flows examples/flows [--kafka]` runs the whole path until Ctrl-C, then stops
+    every part (with --kafka on one Apache Kafka node)."""
     port, receiver_port = free_port(), EXAMPLE_RECEIVER_PORT
     if _port_open(receiver_port):
         pytest.skip(f"port {receiver_port}, where the example flows post, is taken on this machine")
     process = start(tmp_path, "dev", "--port", str(port), "--flows", str(EXAMPLES),
-                    "--receiver-port", str(receiver_port))
+                    "--receiver-port", str(receiver_port), *extra)
     try:
         settings = Settings(brokers=f"127.0.0.1:{port}")
         assert await asyncio.to_thread(wait_until, lambda: _port_open(receiver_port), 60)

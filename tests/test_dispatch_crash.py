@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+import pytest
+
 from processor.broker import EmbeddedBroker
 from processor.settings import Settings
 from tests.dispatch_helpers import (
@@ -19,6 +21,8 @@ from tests.dispatch_helpers import (
     slow,
     status_then_ok,
 )
+
+pytestmark = pytest.mark.integration
 
 RECORDS = 400
 

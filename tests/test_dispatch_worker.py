@@ -29,6 +29,8 @@ from tests.dispatch_helpers import (
     slow,
 )
 
+pytestmark = pytest.mark.integration
+
 
 async def _drain(settings: Settings, **options: Any) -> None:
     opts = DispatcherOptions(**{"drain_idle_s": 1.0, **options})

@@ -17,7 +17,7 @@ from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
 from processor.stack import WorkerProcess, apply_definitions
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 SIGNING_SECRET = "whsec_" + "c2VjcmV0LWZvci1lbmQtdG8tZW5kLXRlc3Rz"
 SECRETS = {"FLOWHOOK_SECRET_E2E_TOKEN": "tok-e2e-123", "FLOWHOOK_SECRET_E2E_SIGNING": SIGNING_SECRET}

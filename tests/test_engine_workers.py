@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.engine_helpers import (
     webhook,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def _distinct(dues: list[dict]) -> list[dict]:
@@ -82,10 +83,11 @@ async def test_restart_after_a_delay_fell_due_sends_at_once_and_keeps_state(
 
 
 async def test_restart_recovers_a_changelog_partition_holding_one_batch(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, broker: Any
 ) -> None:
     """Waiting runs survive a restart when the changelog's last batch holds several records,
-    which the embedded broker leaves out of the end offset that Faust's recovery reads up to."""
+    which the embedded broker leaves out of the end offset that Faust's recovery reads up to;
+    on Apache Kafka the end offset is exact and the catch-up past it finds nothing."""
     settings = settings.with_(partitions=1)
     await publish_flows(settings, definition("wait", steps=[{"delay": "6s"}, webhook("later")]))
     profiles = [f"p{i}" for i in range(12)]
@@ -101,12 +103,18 @@ async def test_restart_recovers_a_changelog_partition_holding_one_batch(
         changelog = f"{settings.topic_prefix}processor-profiles-changelog"
         reported, stored = await _reported_end(settings, changelog), len(await read_json(settings, changelog))
         print(f"changelog: {reported} reported as end, {stored} records")
-        assert reported < stored, "the changelog's last batch holds one record: nothing to test"
+        if broker.kind == "kafka":
+            assert reported == stored, "Apache Kafka reports the exact end offset"
+        else:
+            assert reported < stored, "the changelog's last batch holds one record: nothing to test"
         worker = processor_worker(settings, tmp_path, "w").start()
         dues = await wait_for(settings, settings.topics.webhooks, lambda rs: len(rs) >= 12, timeout_s=25)
     finally:
         worker.stop()
     assert sorted(d["profile_id"] for d in dues) == sorted(profiles), worker.tail()
+    # The catch-up read (engine.app.EngineTable) is needed on the embedded broker only.
+    log_text = worker.log_path.read_text(errors="replace")
+    assert ("changelog_tail_applied" in log_text) == (broker.kind == "embedded"), worker.tail()
 
 
 async def _reported_end(settings: Settings, topic: str) -> int:

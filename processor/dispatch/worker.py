@@ -46,7 +46,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
@@ -69,7 +69,7 @@ from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
 from processor.dispatch.retry_policy import FailureKind
 from processor.errors import FlowhookError
-from processor.kafka import ensure_topics, make_producer, wait_for_broker
+from processor.kafka import connect_failure, ensure_topics, make_consumer, make_producer, wait_for_broker
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
@@ -383,8 +383,8 @@ class Lane:
         self.name = name
         self.topics = topics
         self.delayed = delayed
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.brokers,
+        self.consumer = make_consumer(
+            settings,
             group_id=f"{settings.topic_prefix}dispatcher.{name}",
             client_id=f"flowhook-dispatcher-{name}",
             enable_auto_commit=False,
@@ -649,7 +649,7 @@ async def run_dispatcher(
         await wait_for_broker(settings, wait_s=30)
         await ensure_topics(settings)
     except (TimeoutError, KafkaError, OSError) as exc:
-        raise DispatcherError(f"cannot reach Kafka at {settings.brokers}: {exc}") from exc
+        raise DispatcherError(connect_failure(settings, exc)) from exc
     core.session = make_session(
         allow_networks=settings.allow_networks,
         concurrency=2 * options.concurrency,

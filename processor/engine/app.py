@@ -33,27 +33,31 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.streams import _current_event
 from faust.types import TP
 
+from processor import constants as c
+from processor import topic_plan
 from processor.clock import iso, now_ms
 from processor.engine.batch import Input, Topics, Write, process_batch
 from processor.engine.core import RecordKind, unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
 from processor.engine.outbound import Outbound
+from processor.engine.placement import Placement
 from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, make_reader, wait_for_broker
+from processor.kafka import ensure_topics, idempotent, make_reader, ssl_context, wait_for_broker
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.ops.profiles import lookup
 from processor.settings import Settings
+from processor.topic_plan import processor_app_id
 
 log = get_logger(__name__)
 
-TABLE_NAME: Final = "profiles"
+TABLE_NAME: Final = topic_plan.TABLE_NAME
 DUE_TICK_S: Final = 0.1
 # At most this many wake-ups per tick, so catching up after downtime cannot flood the
 # wake-up topic (and the agent) faster than it drains: about 2,000 profiles a second.
@@ -125,11 +129,19 @@ class Engine:
             self.topics.events: "event",
             self.topics.profiles: "profile",
             self.topics.wakeups: "wakeup",
+            self.topics.events_repartition: "event",
+            self.topics.profiles_repartition: "profile",
         }
+        self.placement = Placement(settings.partitions, {
+            self.topics.events: self.topics.events_repartition,
+            self.topics.profiles: self.topics.profiles_repartition,
+        })
+        self.misplaced = self.placement.counter  # records forwarded to their home partition
         self._batch_topics = Topics(
             kinds=self._kinds,
             outputs={"webhook": self.topics.webhooks, "result": self.topics.results},
             invalid=self.topics.events_invalid,
+            placement=self.placement,
         )
         self._keyed_topics = [self.topics.webhooks, self.topics.results]
         self.outbound = Outbound(on_failure=self._on_send_failed)
@@ -160,6 +172,8 @@ class Engine:
             ),
             partitions=self.settings.partitions,
             options=dict(ROCKSDB_OPTIONS) if self.settings.store == "rocksdb" else None,
+            # Faust creates the changelog compacted, with the app's replication factor.
+            extra_topic_configs=changelog_configs(self.settings),
         )
         table.engine = self
         return self.app.tables.add(table)
@@ -382,6 +396,8 @@ class Engine:
         except TimeoutError as exc:
             raise EngineCrashed(str(exc)) from None
         await ensure_topics(self.settings)
+        if idempotent(self.settings):
+            make_idempotent(self.app)
         _make_dirs(Path(self.app.conf.datadir))
         await self.registry.start()
         await self.registry.wait_loaded()
@@ -395,7 +411,8 @@ class Engine:
             await self._lag.stop()
             await self.app.stop()
             await self.registry.stop()
-            log.info("processor_stopped", processed=self.processed, batches=self.batches)
+            log.info("processor_stopped", processed=self.processed, batches=self.batches,
+                     misplaced_forwarded=self.misplaced.total)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a crashed app (Faust stops itself) is an error."""
@@ -424,6 +441,16 @@ async def _read_tail(reader: AIOKafkaConsumer, table: EngineTable, active_tps: s
             applied += len(events)
             idle_since = time.monotonic()
     return applied
+
+
+def make_idempotent(app: faust.App) -> None:
+    """Idempotent produce for Faust's producer (outputs and changelog), as for every other
+    producer on brokers that support it (`kafka.idempotent`). Faust has no setting for it;
+    its producer takes extra aiokafka options from `_settings_extra` when it starts (that is
+    how its transactions switch idempotence on), so this adds the option there."""
+    producer = app.producer
+    extra = producer._settings_extra
+    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}
 
 
 def shorten_fetch_wait(app: faust.App, wait_ms: int) -> bool:
@@ -473,17 +500,36 @@ def _make_dirs(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
+def changelog_configs(settings: Settings) -> dict[str, str]:
+    """Topic configs of the table's changelog beyond Faust's compaction (docs/kafka.md)."""
+    return {"min.insync.replicas": str(settings.min_isr), "max.message.bytes": str(c.MAX_MESSAGE_BYTES)}
+
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same SASL/TLS set-up as every other client (`kafka.client_options`), as Faust's."""
+    protocol = settings.security_protocol
+    context = ssl_context(settings) if protocol in ("SSL", "SASL_SSL") else None
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(username=settings.sasl_username, password=settings.sasl_password,
+                                     ssl_context=context, mechanism=settings.sasl_mechanism)
+    return faust.SSLCredentials(context) if context is not None else None
+
+
 def make_app(settings: Settings) -> faust.App:
     """A quiet Faust app for these settings (memory or RocksDB store, short group timeouts)."""
     store = "memory://" if settings.store == "memory" else "rocksdb://"
     return faust.App(
-        f"{settings.topic_prefix}processor",
+        processor_app_id(settings),
         broker=[f"kafka://{b.strip()}" for b in settings.brokers.split(",")],
         store=store,
         datadir=str(Path(settings.data_dir) / "processor"),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication,
+        topic_allow_declare=settings.create_topics,
+        broker_credentials=faust_credentials(settings),
         producer_acks=-1,
+        producer_max_request_size=c.MAX_REQUEST_BYTES,
         # Batch outputs and changelog writes a little: fewer, larger produce requests.
         producer_linger=0.005,
         # Commit every second: offsets are the only thing that tells a worker taking over a

@@ -21,6 +21,7 @@ from processor import records
 from processor.engine.core import RecordKind, drop_committed, handle
 from processor.engine.flowset import FlowSet
 from processor.engine.inputs import Refused, decode
+from processor.engine.placement import Placement
 from processor.engine.state import ProfileState, dumps, loads
 from processor.logs import get_logger
 
@@ -92,6 +93,7 @@ class Topics:
     kinds: dict[str, RecordKind]  # input topic -> record kind
     outputs: dict[str, str]  # output kind ("webhook", "result") -> topic
     invalid: str
+    placement: Placement | None = None  # forwarding of records off their home partition
 
 
 def process_batch(
@@ -132,6 +134,11 @@ def _one(
         result.produce.append(_refusal(item, str(exc), topics.invalid))
         result.events[(item.topic, "invalid")] += 1
         return
+    if topics.placement is not None:
+        forward = topics.placement.forward(item.topic, item.partition, item.value, profile_id)
+        if forward is not None:  # handled when it comes back on the profile's home partition
+            result.produce.append(Produce(forward.topic, forward.key, item.value or b"", forward.partition))
+            return
     key = profile_id.encode()
     slot = slots.get(key) or _load(key, profile_id, item, load, slots)
     # What to go back to if the core fails on this record: the state before it (None: the

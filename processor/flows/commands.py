@@ -179,11 +179,12 @@ def _run(settings: Any, coro: Any) -> int:
     from aiokafka.errors import KafkaError
 
     from processor.cli import run_async
+    from processor.kafka import connect_failure
 
     try:
         return run_async(coro)
     except (KafkaError, OSError) as exc:
-        raise click.ClickException(f"cannot reach Kafka at {settings.brokers}: {exc}") from None
+        raise click.ClickException(connect_failure(settings, exc)) from None
 
 
 def _flow_or_none(record: dict[str, Any]) -> Any:
