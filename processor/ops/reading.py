@@ -14,7 +14,6 @@ the topic has been idle for `idle_s` (unless following).
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processor.kafka import make_reader
+from processor.kafka import ReadEnd, make_reader
 from processor.partitioner import murmur2
 from processor.settings import Settings
 
@@ -98,7 +97,7 @@ async def _matching(
     follow: bool, stop: Callable[[], bool] | None,
 ) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
     done: set[TopicPartition] = set()  # partitions past `until`
-    matched, last_seen = 0, time.monotonic()
+    matched, end = 0, ReadEnd(idle_s, follow, stop)
     while len(done) < len(tps):
         batch = await reader.getmany(timeout_ms=200, max_records=5000)
         for tp, records in batch.items():
@@ -118,11 +117,7 @@ async def _matching(
                 matched += 1
                 if selection.limit is not None and matched >= selection.limit:
                     return
-        if batch:
-            last_seen = time.monotonic()
-        elif not follow and time.monotonic() - last_seen >= idle_s:
-            return
-        if stop is not None and stop():
+        if end.reached(bool(batch)):
             return
 
 
