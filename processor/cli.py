@@ -114,11 +114,12 @@ def _register_commands() -> None:
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
+    from processor.held_commands import held
     from processor.kafka_commands import topics
     from processor.ops.commands import lag, results
 
     for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench,
-                    topics):
+                    topics, held):
         cli.add_command(command)
 
 

@@ -18,6 +18,8 @@ DEAD_LETTER: Final = "webhooks.dead"
 # librdkafka client's CRC32 partitioner) go through these, co-partitioned with the inputs.
 EVENTS_REPARTITION: Final = "events.repartition"
 PROFILES_REPARTITION: Final = "profiles.repartition"
+# The Needs-Review queue: webhook-due records of manual flows, as they were when held.
+HELD: Final = "webhooks.held"
 # Retry tiers: a record waits in the tier whose delay is the largest one not above its
 # own delay, so records in one tier are nearly ordered by due time (see dispatch.retry_policy).
 RETRY_TIER_DELAYS_MS: Final = (1_000, 5_000, 30_000, 120_000, 600_000, 1_800_000, 3_600_000)
@@ -40,6 +42,8 @@ TOPIC_RETENTION_MS: Final = {
     "results": 30 * DAY_MS,
     "events.invalid": 30 * DAY_MS,
     "webhooks.dead": 30 * DAY_MS,
+    # The Needs-Review queue: no longer than results, whose latest outcomes take a delivery out of it.
+    "webhooks.held": 30 * DAY_MS,
 }
 DEFAULT_BROKERS: Final = "127.0.0.1:9092"
 DEFAULT_BROKER_PORT: Final = 9092

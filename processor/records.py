@@ -20,8 +20,9 @@ from processor.clock import iso, now_ms
 from processor.resources import shipped_dir
 
 SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid"]
-Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid"]
-TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid"})
+Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled"]
+# `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.held).
+TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled"})
 
 
 @cache

@@ -60,6 +60,10 @@ class Topics:
     def dead_letter(self) -> str:
         return self.name(c.DEAD_LETTER)
 
+    @property
+    def held(self) -> str:
+        return self.name(c.HELD)
+
     def retry_tier(self, delay_ms: int) -> str:
         return self.name(f"{c.WEBHOOKS}.retry.{delay_ms // 1000}s")
 

@@ -83,9 +83,12 @@ def test_preview_says_why_the_event_does_not_enter(tmp_path: Path, event_change:
 
 def test_preview_shows_invalid_string_body(tmp_path: Path) -> None:
     """A text body that is not JSON after rendering is shown as invalid, with the text."""
-    event = {**EVENT, "metric": "Placed Order", "properties": {"Gift": True, "OrderId": 'a"b', "$value": 60,
-                                                               "Channel": "app"}}
-    result = run_preview(tmp_path, FIXTURES / "good-full.yaml", event=event)
+    body = '{"order": "{{ event.OrderId }}"{% if event.Gift %},{% endif %}}'
+    flow = write(tmp_path, "flow.json", {"id": "f", "status": "live", "trigger": {"metric": "Placed Order"},
+                                         "steps": [{"webhook": {"id": "w", "method": "PUT", "body": body,
+                                                                "url": "https://gifts.example.com/notes"}}]})
+    event = {**EVENT, "properties": {"Gift": True, "OrderId": 'a"b'}}
+    result = run_preview(tmp_path, flow, event=event)
     assert "PUT https://gifts.example.com/notes" in result.output
     assert "✗ invalid: body is not valid JSON after rendering" in result.output
 

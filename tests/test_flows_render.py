@@ -112,13 +112,16 @@ def test_values_cannot_inject_keys_or_break_json() -> None:
 
 
 def test_string_body_renders_as_text_and_must_parse() -> None:
-    """A pasted text body renders as text; if the result is not JSON, error says so (mode invalid)."""
+    """A pasted text body renders as text with values escaped where their tag stands; if the
+    result is still not JSON (a block left a comma), error says so (mode invalid)."""
     body = "{\"email\": \"{{ person.email }}\", \"value\": {{ event|lookup:'$value' }}}"
     flow, step = flow_with(body=body)
     good = render_webhook(step, flow=flow, event=EVENT, profile=PROFILE)
     assert good.error is None and json.loads(good.body or "") == {"email": "shah@example.com", "value": 129.5}
-    bad_profile = {**PROFILE, "email": 'a"b'}
-    bad = render_webhook(step, flow=flow, event=EVENT, profile=bad_profile)
+    quoted = render_webhook(step, flow=flow, event=EVENT, profile={**PROFILE, "email": 'a"b'})
+    assert quoted.error is None and json.loads(quoted.body or "")["email"] == 'a"b'
+    flow, step = flow_with(body='{"email": "{{ person.email }}"{% if person.vip %},{% endif %}}')
+    bad = render_webhook(step, flow=flow, event=EVENT, profile=PROFILE)
     assert bad.error is not None and "not valid JSON" in bad.error
 
 

@@ -109,7 +109,7 @@ def test_templates_cannot_reach_python(source: str) -> None:
 
 
 @pytest.mark.parametrize(("source", "expected"), [
-    ("{{ first_name }}", "write {{ person.first_name }}"),
+    ("{{ nobody }}", "unknown variable 'nobody'"),
     ("{{ forloop.counter }}", "loop.index"),
     ("{{ range(10) }}", "unknown variable 'range'"),
     ("{{ x|attr('y') }}", "unknown filter 'attr'"),

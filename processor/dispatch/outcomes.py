@@ -41,7 +41,10 @@ def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
     """The outputs of a record that is not to be sent (held or invalid), else None."""
     mode = due["mode"]
     if mode == "held":
-        return [result_output(topics, due, "held", error="flow is in manual status: not sent")]
+        # The record waits in the Needs-Review queue (processor.held) until someone sends or
+        # cancels it; the copy goes first, so a `held` result always has its queued record.
+        queued = Output(topics.held, due["delivery_id"].encode(), orjson.dumps(due))
+        return [queued, result_output(topics, due, "held", error="flow is in manual status: not sent")]
     if mode == "invalid":
         return [result_output(topics, due, "invalid", error=due.get("error") or "invalid request")]
     return None

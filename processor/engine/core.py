@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -30,6 +30,7 @@ from processor import records
 from processor.clock import iso, parse_iso_ms
 from processor.engine.flowset import END, FlowSet, Program
 from processor.engine.state import OUTBOX_KEEP_MS, OUTBOX_MAX_ENTRIES, DateSchedule, ProfileState, Run
+from processor.flows import delays
 from processor.flows.filters import FilterContext, evaluate
 from processor.flows.lookup import MISSING, profile_value
 from processor.flows.model import DateProperty, DelayStep, Flow, SplitStep, WebhookStep
@@ -288,7 +289,9 @@ def _advance(state: ProfileState, run: Run, flows: FlowSet, now_ms: int, outputs
         step = instruction.step
         run.pc = instruction.next
         if isinstance(step, DelayStep):
-            run.wake_ms = delay_until(step, now_ms)
+            if instruction.next == END:
+                continue  # nothing follows: Klaviyo skips a delay at the end of a flow
+            run.wake_ms = delay_until(step, now_ms, state.profile)
             if run.wake_ms <= now_ms:
                 run.wake_ms = None
         elif isinstance(step, SplitStep):
@@ -355,30 +358,13 @@ def _run_result(
 # --- delays and dates ------------------------------------------------------------------
 
 
-def delay_until(step: DelayStep, now_ms: int) -> int:
-    """When a run that reaches this delay step at `now_ms` moves on."""
-    if step.duration_ms is not None:
-        return now_ms + step.duration_ms
-    return next_time_of_day(now_ms, step.until or "00:00", step.timezone)
+def delay_until(step: DelayStep, now_ms: int, profile: dict[str, Any] | None = None) -> int:
+    """When a run that reaches this delay step at `now_ms` moves on (`processor.flows.delays`)."""
+    return delays.delay_until(step, now_ms, profile)
 
 
-def _hh_mm(text: str) -> time:
-    hours, minutes = text.split(":")[:2]
-    return time(int(hours), int(minutes))
-
-
-def next_time_of_day(now_ms: int, at: str, timezone: str) -> int:
-    """The first moment at or after `now_ms` when the clock in `timezone` shows `at` (HH:MM)."""
-    zone = ZoneInfo(timezone)
-    local_now = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone(zone)
-    wanted = _hh_mm(at)
-    for days in range(3):
-        day = local_now.date() + timedelta(days=days)
-        candidate = datetime.combine(day, wanted, tzinfo=zone)
-        candidate_ms = int(candidate.timestamp() * 1000)
-        if candidate_ms >= now_ms:
-            return candidate_ms
-    raise AssertionError("a time of day recurs within two days")  # pragma: no cover
+next_time_of_day = delays.next_time_of_day
+_hh_mm = delays.hh_mm
 
 
 def date_occurrence(dp: DateProperty, value: str, from_ms: int) -> int | None:

@@ -28,9 +28,11 @@ from processor.flows.checks import (
     timezone,
     type_name,
 )
+from processor.flows.delays import WEEKDAYS
 from processor.flows.filters import HISTORY_OPS, PROPERTY_OPS
 from processor.flows.model import (
     ADDED_TO_SEGMENT,
+    PROFILE_TIMEZONE,
     SUBSCRIBED_TO_LIST,
     Condition,
     DateProperty,
@@ -54,6 +56,13 @@ TRIGGER_KEYS: Final = (*TRIGGER_KINDS, "filters")
 DATE_PROPERTY_KEYS: Final = ("property", "offset", "at", "timezone", "yearly")
 CONDITION_KEYS: Final = ("property", "metric", "op", "value", "since", "within")
 SPLIT_KEYS: Final = ("if", "then", "else", "on", "id")
+STEP_KINDS: Final = ("delay", "split", "trigger_split", "webhook")
+DELAY_KEYS: Final = (
+    "minutes", "hours", "days", "duration", "until", "weekdays", "timezone", "fallback_timezone",
+)
+DELAY_UNITS: Final = {"minutes": 60_000, "hours": 3_600_000, "days": 86_400_000}
+DELAY_FORMS: Final = ("write delay: 2d, delay: {hours: 3}, "
+                      "delay: {days: 1, until: \"09:00\", timezone: profile} or delay: {until: \"09:00\"}")
 
 EMAIL_TRIGGER: Final = (
     "Flowhook sees storefront events only, not email engagement, so '{}' can never start a flow; "
@@ -116,7 +125,27 @@ def _top_steps(ck: Checker, top: dict[str, Any]) -> tuple[Step, ...]:
     steps = _steps(ck, items or [], ("steps",), "steps")
     if not ck.problems and not any(_webhooks(steps)):
         ck.warn(("steps",), "no webhook step: this flow never sends anything")
+    for where in _trailing_delays(items or [], ("steps",)):
+        ck.warn(where, "nothing follows this delay, so it is skipped (as Klaviyo skips a delay at the "
+                       "end of a flow); remove it, or add the step it should wait for")
     return steps
+
+
+def _trailing_delays(items: list[Any], path: Path) -> list[Path]:
+    """Paths of delays with nothing after them: at the end of the flow, or of a final split's branch."""
+    if not items or not isinstance(items[-1], dict):
+        return []
+    last, where = items[-1], (*path, len(items) - 1)
+    if "delay" in last:
+        return [(*where, "delay")]
+    found: list[Path] = []
+    for kind in ("split", "trigger_split"):
+        split = last.get(kind)
+        if isinstance(split, dict):
+            for branch in ("then", "else"):
+                if isinstance(split.get(branch), list):
+                    found += _trailing_delays(split[branch], (*where, kind, branch))
+    return found
 
 
 def _webhooks(steps: Sequence[Step]) -> list[WebhookStep]:
@@ -383,27 +412,28 @@ def _step(ck: Checker, value: Any, path: Path, derived_id: str) -> Step | None:
     obj = mapping(ck, value, path, "a step")
     if obj is None:
         return None
-    kinds = [k for k in ("delay", "split", "webhook") if k in obj]
-    known_keys(ck, obj, ("delay", "split", "webhook", "id"), path, "a step")
+    kinds = [k for k in STEP_KINDS if k in obj]
+    known_keys(ck, obj, (*STEP_KINDS, "id"), path, "a step")
     if len(kinds) != 1:
         found = f" (found {', '.join(kinds)})" if kinds else ""
-        ck.add(path, f"a step needs exactly one of delay, split or webhook{found}")
+        ck.add(path, f"a step needs exactly one of delay, split, trigger_split or webhook{found}")
         return None
     if kinds[0] == "webhook" and "id" in obj:
         ck.add((*path, "id"), "put the webhook's id inside webhook: (webhook: {id: ..., url: ...})")
     step_id = _step_id(ck, obj, path, derived_id)
     builders: dict[str, Callable[..., Step | None]] = {
-        "delay": _delay, "split": _split, "webhook": build_webhook,
+        "delay": _delay, "split": _split, "trigger_split": _trigger_split, "webhook": build_webhook,
     }
     return builders[kinds[0]](ck, obj[kinds[0]], (*path, kinds[0]), step_id)
 
 
 def _step_id(ck: Checker, obj: dict[str, Any], path: Path, derived_id: str) -> str:
-    inner = obj.get("split") if isinstance(obj.get("split"), dict) else {}
+    kind = "trigger_split" if "trigger_split" in obj else "split"
+    inner = obj.get(kind) if isinstance(obj.get(kind), dict) else {}
     given = obj.get("id", inner.get("id") if isinstance(inner, dict) else None)
     if given is None or "webhook" in obj:
         return derived_id
-    where = (*path, "id") if "id" in obj else (*path, "split", "id")
+    where = (*path, "id") if "id" in obj else (*path, kind, "id")
     ident = identifier(ck, given, where, "step id")
     if ident is None:
         return derived_id
@@ -418,15 +448,78 @@ def _delay(ck: Checker, value: Any, path: Path, step_id: str) -> DelayStep | Non
     obj = mapping(ck, value, path, "delay (a duration such as 2d, or {until: \"09:00\", timezone: UTC})")
     if obj is None:
         return None
-    known_keys(ck, obj, ("until", "timezone"), path, "delay")
-    if "until" not in obj:
-        ck.add((*path, "until"), "missing; write delay: 2d, or delay: {until: \"09:00\", timezone: UTC}")
+    known_keys(ck, obj, DELAY_KEYS, path, "delay")
+    units = [u for u in (*DELAY_UNITS, "duration") if u in obj]
+    if len(units) > 1:
+        ck.add(path, f"has {' and '.join(units)}; a delay counts in one unit, as in Klaviyo")
         return None
-    until = time_of_day(ck, obj["until"], (*path, "until"))
-    zone = timezone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
-    if until is None or zone is None:
+    if not units and "until" not in obj:
+        ck.add(path, f"says neither how long nor until when; {DELAY_FORMS}")
         return None
-    return DelayStep(id=step_id, until=until, timezone=zone)
+    if "until" in obj and units and units[0] != "days":
+        ck.add((*path, "until"), f"until goes with days (N calendar days, then until a time of day), "
+                                 f"not with {units[0]}; {DELAY_FORMS}")
+        return None
+    if units == ["duration"]:
+        amount = duration(ck, obj["duration"], (*path, "duration"))
+    else:
+        amount = _delay_amount(ck, obj, units[0], path) if units else 0
+    until = time_of_day(ck, obj["until"], (*path, "until")) if "until" in obj else None
+    zone = _delay_zone(ck, obj.get("timezone", "UTC"), (*path, "timezone"))
+    fallback = timezone(ck, obj.get("fallback_timezone", "UTC"), (*path, "fallback_timezone"))
+    weekdays = _weekdays(ck, obj["weekdays"], (*path, "weekdays")) if "weekdays" in obj else ()
+    if None in (amount, zone, fallback, weekdays) or ("until" in obj and until is None):
+        return None
+    assert amount is not None and zone is not None and fallback is not None and weekdays is not None
+    if until is not None:
+        return DelayStep(id=step_id, until=until, days=amount, timezone=zone, weekdays=weekdays,
+                         fallback_timezone=fallback)
+    return DelayStep(id=step_id, duration_ms=amount * DELAY_UNITS.get(units[0], 1), timezone=zone,
+                     weekdays=weekdays, fallback_timezone=fallback)
+
+
+def _delay_amount(ck: Checker, obj: dict[str, Any], unit: str, path: Path) -> int | None:
+    amount = obj[unit]
+    least = 0 if unit == "days" and "until" in obj else 1
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount < least or amount > 3650 * 24 * 60:
+        ck.add((*path, unit), f"must be a whole number of {unit} ({least} or more), got {amount!r}")
+        return None
+    return amount
+
+
+def _delay_zone(ck: Checker, value: Any, path: Path) -> str | None:
+    if value == PROFILE_TIMEZONE:
+        return value
+    return timezone(ck, value, path)
+
+
+def _weekdays(ck: Checker, value: Any, path: Path) -> tuple[int, ...] | None:
+    items = as_list(ck, value, path, "weekdays")
+    if items is None:
+        return None
+    days: set[int] = set()
+    for i, item in enumerate(items):
+        name = str(item).strip().lower()
+        match = [n for n, full in enumerate(WEEKDAYS) if name in (full, full[:3])]
+        if not match:
+            ck.add((*path, i), f"{item!r} is not a weekday; write monday ... sunday (or mon ... sun)")
+            return None
+        days.add(match[0])
+    if not days:
+        ck.add(path, "is empty; name at least one weekday, or remove weekdays")
+        return None
+    return tuple(sorted(days))
+
+
+def _trigger_split(ck: Checker, value: Any, path: Path, step_id: str) -> SplitStep | None:
+    """Klaviyo's trigger split: a split on the triggering event's properties."""
+    obj = mapping(ck, value, path, "trigger_split")
+    if obj is None:
+        return None
+    if "on" in obj:
+        ck.add((*path, "on"), "a trigger_split is always on the triggering event; remove on")
+        return None
+    return _split(ck, {**obj, "on": "event"}, path, step_id)
 
 
 def _split(ck: Checker, value: Any, path: Path, step_id: str) -> SplitStep | None:

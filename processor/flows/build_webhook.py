@@ -23,6 +23,7 @@ from processor.flows.checks import (
     text_field,
     type_name,
 )
+from processor.flows.klaviyo import ANY_TAG, track_quotes
 from processor.flows.model import WebhookStep
 from processor.flows.render import SECRET_TAG, is_secret_header
 
@@ -79,7 +80,7 @@ def _url(ck: Checker, obj: dict[str, Any], path: Path) -> str | None:
     if templates.has_tags(authority):
         ck.add(upath, "the host must be written literally; templates may appear in the path and query only")
         return None
-    literal = _ANY_TAG.sub("x", url)
+    literal = ANY_TAG.sub("x", url)
     parts = urlsplit(literal)
     if not parts.hostname or any(ch.isspace() for ch in literal):
         ck.add(upath, f"{url[:80]!r} is not a valid URL")
@@ -244,13 +245,13 @@ def _retry(ck: Checker, value: Any, path: Path) -> tuple[int, ...] | None:
 
 # --- string bodies ---------------------------------------------------------------------
 
-_ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
 def suggest_object_body(body: str) -> str:
     """The warning for a text body, with the object form when it can be worked out."""
-    base = ("body is text, so it renders as text and must be valid JSON afterwards "
-            "(a quote in a value breaks it); write it as a mapping so values are escaped by construction")
+    base = ("body is text, so it renders as text and must be valid JSON afterwards (each value is "
+            "escaped for where its tag stands, but a {% if %} or a typo can still break it); "
+            "write it as a mapping so the structure is fixed and checked before publishing")
     suggestion = object_form(body)
     if suggestion is None:
         return f"{base}; as written it does not look like JSON, so check it with flowhook preview"
@@ -267,9 +268,9 @@ def object_form(body: str) -> Any:
     out: list[str] = []
     in_string = False
     position = 0
-    for match in _ANY_TAG.finditer(body):
+    for match in ANY_TAG.finditer(body):
         literal = body[position:match.start()]
-        in_string = _track_quotes(literal, in_string)
+        in_string = track_quotes(literal, in_string)
         out.append(literal)
         if match.group(0).startswith("{%"):
             return None
@@ -283,18 +284,6 @@ def object_form(body: str) -> Any:
     except orjson.JSONDecodeError:
         return None
     return _restore(data, tags)
-
-
-def _track_quotes(literal: str, in_string: bool) -> bool:
-    escaped = False
-    for char in literal:
-        if escaped:
-            escaped = False
-        elif char == "\\":
-            escaped = in_string
-        elif char == '"':
-            in_string = not in_string
-    return in_string
 
 
 def _restore(node: Any, tags: list[str]) -> Any:

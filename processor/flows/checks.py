@@ -38,13 +38,21 @@ class Checker:
     problems: list[tuple[Path, str]] = field(default_factory=list)
     warnings: list[tuple[Path, str]] = field(default_factory=list)
     step_ids: dict[str, Path] = field(default_factory=dict)
+    # For problems and warnings inside a multi-line text (a template), the line within that
+    # text, by index into `problems` / `warnings`: messages then point at the line itself.
+    problem_lines: dict[int, int] = field(default_factory=dict)
+    warning_lines: dict[int, int] = field(default_factory=dict)
 
-    def add(self, path: Path, message: str) -> None:
-        """A problem at `path`."""
+    def add(self, path: Path, message: str, text_line: int | None = None) -> None:
+        """A problem at `path` (at line `text_line` of the text there, when given)."""
+        if text_line is not None:
+            self.problem_lines[len(self.problems)] = text_line
         self.problems.append((path, message))
 
-    def warn(self, path: Path, message: str) -> None:
+    def warn(self, path: Path, message: str, text_line: int | None = None) -> None:
         """A warning at `path` (the definition is still valid)."""
+        if text_line is not None:
+            self.warning_lines[len(self.warnings)] = text_line
         self.warnings.append((path, message))
 
 
@@ -152,9 +160,12 @@ def time_of_day(ck: Checker, value: Any, path: Path) -> str | None:
 
 def check_template(ck: Checker, source: str, path: Path, *, allow_secrets: bool = False) -> None:
 
-    """A problem for everything wrong with a template (secrets only where allowed)."""
-    for message in templates.check(source, allow_secrets=allow_secrets):
-        ck.add(path, message)
+    """A problem for everything wrong with a template (secrets only where allowed), and a
+    warning for each Klaviyo-internal field it reads; each at its line within the template."""
+    for message, line in templates.check_located(source, allow_secrets=allow_secrets):
+        ck.add(path, message, line)
+    for message, line in templates.warnings_located(source):
+        ck.warn(path, message, line)
 
 
 def claim_id(ck: Checker, ident: str, path: Path) -> None:

@@ -129,6 +129,27 @@ async def _report_refusals(flow_ids: list[str]) -> int:
     return 1 if refused else 0
 
 
+@flows.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Write the flow file here (default: print it).")
+@click.option("--metric", "metrics", multiple=True, metavar="ID=NAME",
+              help="The metric name of a Klaviyo metric id (repeatable): --metric XyZ12='Placed Order'.")
+@click.option("--id", "flow_id", default=None,
+              help="The Flowhook flow id (default: klaviyo-<Klaviyo flow id>).")
+@http_option
+def import_command(file: Path, output: Path | None, metrics: tuple[str, ...], flow_id: str | None,
+                   allow_http: bool | None) -> None:
+    """Turn a flow definition exported from Klaviyo's API into a Flowhook flow file.
+
+    Prints what was skipped or could not be imported; exit 2 when nothing usable remains
+    (no trigger or no webhook step) or the result needs fixing before `flows apply`.
+    """
+    from processor.flows.klaviyo_import_command import run_import
+
+    sys.exit(run_import(file, output, metrics, flow_id, allow_http))
+
+
 @flows.command("list")
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def list_command(brokers: str | None) -> None:
@@ -233,6 +254,8 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
         for problem in exc.problems:
             click.echo(click.style(str(problem), fg="red"), err=True)
         sys.exit(EXIT_BAD_INPUT)
+    for warning in checked.warnings:
+        click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
     shown = walk(checked.flow, event, profile)
     for line in shown.lines:
         click.echo(line)

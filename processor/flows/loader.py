@@ -124,15 +124,26 @@ def check_definition(data: Any, *, source: str, version: int = 1, lines: dict[Pa
         for path, message in schema_problems(data):
             checker.add(path, message)
         flow = None if checker.problems else flow
-    problems = [_problem(source, lines, p, m) for p, m in checker.problems]
-    warnings = [_problem(source, lines, p, m) for p, m in checker.warnings]
+    problems = [_problem(source, lines, p, m, checker.problem_lines.get(i))
+                for i, (p, m) in enumerate(checker.problems)]
+    warnings = [_problem(source, lines, p, m, checker.warning_lines.get(i))
+                for i, (p, m) in enumerate(checker.warnings)]
     problems.sort(key=lambda p: (p.line or 0))
     definition = data if isinstance(data, dict) else None
     return CheckedFile(source, flow if not problems else None, definition, problems, warnings)
 
 
-def _problem(source: str, lines: dict[PathKey, int], path: PathKey, message: str) -> Problem:
-    return Problem(source, line_of(lines, path), field_name(path), message)
+def _problem(source: str, lines: dict[PathKey, int], path: PathKey, message: str,
+             text_line: int | None = None) -> Problem:
+    return Problem(source, line_in_text(lines, path, text_line), field_name(path), message)
+
+
+def line_in_text(lines: dict[PathKey, int], path: PathKey, text_line: int | None) -> int | None:
+    """The file line of line `text_line` of the text at `path` (a block body), else of the field."""
+    start = lines.get((*path, TEXT_START))
+    if text_line is None or not isinstance(start, int):
+        return line_of(lines, path)
+    return start + text_line - 1
 
 
 def line_of(lines: dict[PathKey, int], path: PathKey) -> int | None:
@@ -147,6 +158,9 @@ def line_of(lines: dict[PathKey, int], path: PathKey) -> int | None:
 # --- parsing with line numbers ---------------------------------------------------------
 
 _DUPLICATES: PathKey = ("\u0000duplicates",)
+# (*path, TEXT_START) -> the file line where the text of a scalar starts: the line after
+# `body: |` for a block scalar, the value's own line otherwise.
+TEXT_START = "\u0000text"
 
 
 class ParseError(InputError):
@@ -204,12 +218,22 @@ def _walk(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: lis
                 duplicates.append(child)
             keys.add(key)
             lines[child] = key_node.start_mark.line + 1
+            _text_start(value_node, child, lines)
             _enter(value_node, child, lines, duplicates, seen, lines[child])
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             child = (*path, index)
             lines[child] = item.start_mark.line + 1
+            _text_start(item, child, lines)
             _enter(item, child, lines, duplicates, seen, lines.get(path, lines[child]))
+
+
+def _text_start(node: yaml.Node, path: PathKey, lines: dict[Any, Any]) -> None:
+    """Where a scalar's text starts, when its lines are the file's lines: block (`|`) and plain
+    scalars. A quoted one (all of JSON) may hold `\\n` escapes: its problems stay on its field line."""
+    if isinstance(node, yaml.ScalarNode) and node.style in ("|", ">", None, ""):
+        block = node.style in ("|", ">")
+        lines[(*path, TEXT_START)] = node.start_mark.line + (2 if block else 1)
 
 
 def _enter(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: list[PathKey],

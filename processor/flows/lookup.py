@@ -3,8 +3,12 @@
 Profile: top-level fields (id, email, phone_number, first_name, ...) first, then the custom
 `properties`; a `$`-prefixed name such as `$phone_number` means the top-level field without
 the `$` (Klaviyo spells its standard fields that way), and in `properties` a name and its
-`$` twin (`city` / `$city`) find each other, the exact name first. Event: the event record's
-`properties`, plus `$event_id`, `$time` and `metric` taken from the record itself.
+`$` twin (`city` / `$city`) find each other, the exact name first. Klaviyo's profile ids
+(`KlaviyoID`, `$id`, `id`) are the Flowhook profile id, and location fields (`city`,
+`region`, `zip`, ...) are also found in a `location` object, the shape Klaviyo's API uses.
+Event: the event record's `properties` (a name and its `$` twin find each other, so
+Klaviyo's `event.extra` reads `$extra`), plus `$event_id`, `$time` and `metric` taken from
+the record itself.
 """
 
 from __future__ import annotations
@@ -33,6 +37,13 @@ class _Missing:
 MISSING: Final = _Missing()
 PROPERTIES: Final = "properties"
 EVENT_SPECIALS: Final = ("$event_id", "$time", "metric")
+# Klaviyo's names for the profile id: `{{ person.KlaviyoID }}` in vendor bodies, `$id` (the
+# external id) in exports. The Flowhook profile id is the storefront's id for the profile.
+PROFILE_ID_ALIASES: Final = frozenset({"KlaviyoID", "$id", "$KlaviyoID", "klaviyo_id"})
+LOCATION: Final = "location"
+LOCATION_FIELDS: Final = frozenset(
+    {"address1", "address2", "city", "region", "country", "zip", "timezone", "latitude", "longitude"}
+)
 
 
 def profile_value(profile: Mapping[str, Any], name: str) -> Any:
@@ -44,12 +55,30 @@ def profile_value(profile: Mapping[str, Any], name: str) -> Any:
     custom = profile.get(PROPERTIES)
     if isinstance(custom, Mapping):
         # Klaviyo exports keep standard fields as `$city`, `$phone_number` in properties.
-        twin = name[1:] if name.startswith("$") else f"${name}"
-        for key in (name, twin):
-            if key in custom:
-                return custom[key]
+        found = _twin(custom, name)
+        if found is not MISSING:
+            return found
     if name == PROPERTIES:
         return custom if isinstance(custom, Mapping) else MISSING
+    return _klaviyo_profile_field(profile, name)
+
+
+def _twin(mapping: Mapping[str, Any], name: str) -> Any:
+    """mapping[name], else mapping[its `$` twin] (`extra` <-> `$extra`), else MISSING."""
+    if name in mapping:
+        return mapping[name]
+    twin = name[1:] if name.startswith("$") else f"${name}"
+    return mapping.get(twin, MISSING)
+
+
+def _klaviyo_profile_field(profile: Mapping[str, Any], name: str) -> Any:
+    """Klaviyo's spellings of fields Flowhook stores under another name."""
+    if name in PROFILE_ID_ALIASES:
+        return profile.get("id", MISSING)
+    bare = name[1:] if name.startswith("$") else name
+    location = profile.get(LOCATION)
+    if bare in LOCATION_FIELDS and isinstance(location, Mapping) and bare in location:
+        return location[bare]
     return MISSING
 
 
@@ -62,9 +91,7 @@ def event_value(event: Mapping[str, Any], name: str) -> Any:
     if name == "metric":
         return event.get("metric", MISSING)
     props = event.get(PROPERTIES)
-    if isinstance(props, Mapping) and name in props:
-        return props[name]
-    return MISSING
+    return _twin(props, name) if isinstance(props, Mapping) else MISSING
 
 
 class _RecordView(Mapping[str, Any]):

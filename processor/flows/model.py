@@ -79,14 +79,28 @@ class Reentry:
     period_ms: int | None = None  # only for once_per
 
 
+PROFILE_TIMEZONE = "profile"  # DelayStep.timezone: the profile's own time zone
+
+
 @dataclass(frozen=True)
 class DelayStep:
-    """Wait a duration, or until a time of day in a time zone."""
+    """Wait as Klaviyo's time delays do (`processor.flows.delays` computes when a run moves on).
+
+    - a duration (N minutes, hours or days): `duration_ms`;
+    - N calendar days, then until a time of day: `days` and `until` ("HH:MM");
+    - only on some weekdays: `weekdays` (0 = Monday); a delay ending on another day waits
+      for the next allowed day (at `until` when given, else at midnight);
+    in `timezone`, an IANA name or "profile" (the profile's `timezone` property, else
+    `fallback_timezone`).
+    """
 
     id: str
     duration_ms: int | None = None  # either a duration ...
-    until: str | None = None  # ... or a time of day "HH:MM" in `timezone`
+    until: str | None = None  # ... or a time of day "HH:MM" in `timezone`, after `days` calendar days
     timezone: str = "UTC"
+    days: int = 0
+    weekdays: tuple[int, ...] = ()
+    fallback_timezone: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -107,7 +121,11 @@ class WebhookStep:
 
 @dataclass(frozen=True)
 class SplitStep:
-    """Continue with `then` when every condition holds, else with `else_`."""
+    """Continue with `then` when every condition holds, else with `else_`.
+
+    `on: profile` is Klaviyo's conditional split; `on: event` its trigger split (written
+    `trigger_split:` in a flow file), on the triggering event's properties.
+    """
 
     id: str
     conditions: tuple[Condition, ...]

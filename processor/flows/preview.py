@@ -125,7 +125,7 @@ def preview(flow: Flow, event: Mapping[str, Any], profile: Mapping[str, Any] | N
     if not _enters(out, flow, event, ctx):
         return out
     out.entered = True
-    _walk(out, flow, flow.steps, event, stored, ctx, depth=0)
+    _walk(out, flow, flow.steps, event, stored, ctx, depth=0, at_end=True)
     count = len(out.requests)
     out.say(f"end of flow: {count} webhook request{'s' if count != 1 else ''}")
     return out
@@ -181,13 +181,15 @@ def _membership_matches(out: Preview, flow: Flow, event: Mapping[str, Any]) -> b
 
 
 def _walk(out: Preview, flow: Flow, steps: Sequence[Step], event: Mapping[str, Any],
-          profile: dict[str, Any], ctx: FilterContext, depth: int) -> bool:
-    """Describe `steps`; False when the run would exit before the end."""
-    for step in steps:
+          profile: dict[str, Any], ctx: FilterContext, depth: int, at_end: bool) -> bool:
+    """Describe `steps` (`at_end`: nothing follows them); False when the run would exit before the end."""
+    for index, step in enumerate(steps):
+        last = at_end and index == len(steps) - 1
         if isinstance(step, DelayStep):
-            out.say(f"then {describe_delay(step)}", depth)
+            skipped = " (skipped: nothing follows it, as Klaviyo skips a delay at the end)" if last else ""
+            out.say(f"then {describe_delay(step)}{skipped}", depth)
         elif isinstance(step, SplitStep):
-            if not _split(out, flow, step, event, profile, ctx, depth):
+            if not _split(out, flow, step, event, profile, ctx, depth, last):
                 return False
         elif not _webhook(out, flow, step, event, profile, ctx, depth):
             return False
@@ -195,13 +197,13 @@ def _walk(out: Preview, flow: Flow, steps: Sequence[Step], event: Mapping[str, A
 
 
 def _split(out: Preview, flow: Flow, step: SplitStep, event: Mapping[str, Any], profile: dict[str, Any],
-           ctx: FilterContext, depth: int) -> bool:
+           ctx: FilterContext, depth: int, at_end: bool) -> bool:
     reason = evaluate(step.conditions, ctx)
     branch, name = (step.then, "then") if reason is None else (step.else_, "else")
     why = "conditions hold" if reason is None else reason
     out.say(f"split {step.id} on {step.on}: {why} → {name} branch"
             + ("" if branch else " (empty: the run continues after the split)"), depth)
-    return _walk(out, flow, branch, event, profile, ctx, depth + 1)
+    return _walk(out, flow, branch, event, profile, ctx, depth + 1, at_end)
 
 
 def _webhook(out: Preview, flow: Flow, step: WebhookStep, event: Mapping[str, Any], profile: dict[str, Any],
@@ -212,7 +214,8 @@ def _webhook(out: Preview, flow: Flow, step: WebhookStep, event: Mapping[str, An
         return False
     request = render_webhook(step, flow=flow, event=event, profile=profile)
     out.requests.append((step.id, request))
-    held = " (held: status manual, nothing is sent)" if flow.status == "manual" else ""
+    manual = flow.status == "manual"
+    held = " (held: status manual, nothing is sent; it waits in `flowhook held`)" if manual else ""
     out.say(f"webhook {step.id}{held}", depth)
     for line in request_lines(flow, step, request, event, profile):
         out.say(line, depth + 1)

@@ -158,10 +158,10 @@ def describe_steps(steps: Iterable[Step]) -> str:
 
 
 def describe_delay(step: DelayStep) -> str:
-    """'wait 2d' or 'wait until 09:00 Europe/Berlin'."""
-    if step.duration_ms is not None:
-        return f"wait {format_duration_ms(step.duration_ms)}"
-    return f"wait until {step.until} {step.timezone}"
+    """'wait 2d' or 'wait until 09:00 Europe/Berlin' (see `processor.flows.delays.describe`)."""
+    from processor.flows.delays import describe
+
+    return describe(step)
 
 
 def flow_row(record: Mapping[str, Any], flow: Flow | None) -> dict[str, str]:

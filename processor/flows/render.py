@@ -81,7 +81,7 @@ def compile_step(step: WebhookStep) -> CompiledStep:
     headers = {k: t.compile_leaf(v, typed=False) for k, v in step.headers.items() if not is_secret_header(v)}
     secret = {k: canonical_secret_header(v) for k, v in step.headers.items() if is_secret_header(v)}
     text_body = isinstance(step.body, str)
-    body = t.compile_leaf(step.body, typed=False) if text_body else _compile_tree(step.body)
+    body = t.compile_leaf(step.body, typed=False, json_text=True) if text_body else _compile_tree(step.body)
     return CompiledStep(compile_url(step.url), headers, secret, body, text_body)
 
 

@@ -2,7 +2,7 @@
 
 default, lookup, upper, lower, title, floatformat, join, length, date, tojson. Each takes
 any value (missing, null, text, numbers, views of lists and objects) and never raises for
-data reasons.
+data reasons. The further filters of Klaviyo's glossary are in `django_filters`.
 """
 
 from __future__ import annotations
@@ -197,6 +197,13 @@ def f_date(value: Any, fmt: Any = "N j, Y") -> str:
     return "".join(out)
 
 
+def _more_filters() -> dict[str, Any]:
+    """The further Django/Klaviyo filters (processor.flows.django_filters)."""
+    from processor.flows import django_filters
+
+    return {**django_filters.FILTERS, "count": f_length}
+
+
 FILTERS: Final = {
     "default": f_default,
     "lookup": f_lookup,
@@ -208,4 +215,5 @@ FILTERS: Final = {
     "length": f_length,
     "date": f_date,
     "tojson": f_tojson,
+    **_more_filters(),
 }

@@ -23,7 +23,7 @@ from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment
 
 from processor.errors import FlowhookError
-from processor.flows import template_filters
+from processor.flows import klaviyo, template_filters
 from processor.flows.lookup import EventView, ProfileView
 from processor.flows.template_filters import Missing
 from processor.flows.values import (
@@ -37,7 +37,7 @@ from processor.flows.values import (
     wrap,
 )
 
-VARIABLES: Final = ("event", "person", "flow")
+VARIABLES: Final = ("event", "person", "profile", "flow")  # profile: Klaviyo's other spelling of person
 SECRETS: Final = "secrets"
 FLOW_FIELDS: Final = ("id", "name")
 FILTERS: Final = tuple(template_filters.FILTERS)
@@ -55,8 +55,10 @@ NOT_AVAILABLE: Final = {
     "organization": "organization variables are not available; write the text literally",
     "forloop": "Django's forloop is Jinja's loop here: use loop.index, loop.first, loop.last",
 }
+# Klaviyo's shorthands for profile fields: `{{ first_name }}` is `{{ person.first_name }}`.
 PROFILE_SHORTCUTS: Final = frozenset(
-    {"first_name", "last_name", "email", "phone_number", "title", "city", "region", "country", "zip"}
+    {"first_name", "last_name", "email", "phone_number", "title", "organization_name", "city", "region",
+     "country", "zip"}
 )
 _FORBIDDEN_NODES: Final = {
     nodes.Macro: "{% macro %}",
@@ -85,7 +87,7 @@ _LONE_TAG = re.compile(r"^\s*\{\{((?:(?!\}\}|\{\{).)*)\}\}\s*$", re.DOTALL)
 # `event|lookup('$value')` (after `translate_expression`). No backslashes in the string, so
 # its text is the key as Jinja would read it.
 _SIMPLE_PATH = re.compile(
-    r"^(?P<root>event|person|flow)(?P<attrs>(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
+    r"^(?P<root>event|person|profile|flow)(?P<attrs>(?:\s*\.\s*[A-Za-z_][A-Za-z0-9_]*)*)"
     r"(?:\s*\|\s*lookup\s*\(\s*(?:'(?P<sq>[^'\\]*)'|\"(?P<dq>[^\"\\]*)\")\s*\))?$"
 )
 
@@ -195,7 +197,7 @@ def _make_environment() -> FlowEnvironment:
         auto_reload=False,
     )
     env.globals.clear()
-    env.filters = dict(template_filters.FILTERS)
+    env.filters = {**template_filters.FILTERS, **klaviyo.CONTEXT_FILTERS}
     return env
 
 
@@ -250,8 +252,17 @@ class Compiled:
     template: Template | None = None
     expression: Any = None  # jinja2 TemplateExpression
     path: SimplePath | None = None  # set when the lone expression only reads a variable
+    shortcuts: tuple[str, ...] = ()  # Klaviyo shorthands it uses (`{{ first_name }}`)
+
+    def _variables(self, variables: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The variables plus the shorthands this template uses, read from the profile."""
+        if not self.shortcuts:
+            return variables
+        person = variables.get("person")
+        return {**variables, **{name: ENV.getattr(person, name) for name in self.shortcuts}}
 
     def _evaluate(self, variables: Mapping[str, Any]) -> Any:
+        variables = self._variables(variables)
         if self.path is not None:
             value = self.path.read(variables)
             if value is not _NO_PATH:
@@ -273,15 +284,18 @@ class Compiled:
             return self.source
         budget = current_budget()
         parts = []
-        for chunk in self.template.generate(**variables):
+        for chunk in self.template.generate(**self._variables(variables)):
             if budget is not None:
                 budget.spend_output(len(chunk))
             parts.append(chunk)
         return "".join(parts)
 
 
-def compile_leaf(source: str, *, typed: bool = True) -> Compiled:
-    """Compile a string leaf; TemplateProblem when it does not parse. Call `check` first for hints."""
+def compile_leaf(source: str, *, typed: bool = True, json_text: bool = False) -> Compiled:
+    """Compile a string leaf; TemplateProblem when it does not parse. Call `check` first for hints.
+
+    `json_text`: a text body, whose tags print as JSON for where they stand (`klaviyo`).
+    """
     if not has_tags(source):
         return Compiled(source)
     expression = lone_expression(source) if typed else None
@@ -289,16 +303,29 @@ def compile_leaf(source: str, *, typed: bool = True) -> Compiled:
         if expression is not None:
             translated = translate_expression(expression)
             compiled = ENV.compile_expression(translated, undefined_to_none=False)
-            return Compiled(source, expression=compiled, path=simple_path(translated))
-        return Compiled(source, template=ENV.from_string(translate(source)))
+            shortcuts = _shortcuts_used("{{ " + translated + " }}")
+            return Compiled(source, expression=compiled, path=simple_path(translated), shortcuts=shortcuts)
+        translated = translate(source)
+        if json_text:
+            translated = klaviyo.json_text_template(translated)
+        return Compiled(source, template=ENV.from_string(translated), shortcuts=_shortcuts_used(translated))
     except TemplateError as exc:
         raise TemplateProblem(_syntax_message(exc)) from None
 
 
+def _shortcuts_used(translated: str) -> tuple[str, ...]:
+    """The Klaviyo profile shorthands a template reads and does not define itself."""
+    tree = ENV.parse(translated)
+    stored = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
+    loaded = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}
+    return tuple(sorted((loaded & PROFILE_SHORTCUTS) - stored))
+
+
 def variables_for(*, event: Mapping[str, Any], profile: Mapping[str, Any], flow_id: str,
                   flow_name: str) -> dict[str, Any]:
-    """The names a template sees: event, person and flow."""
-    return {"event": EventView(event), "person": ProfileView(profile),
+    """The names a template sees: event, person (also spelled profile) and flow."""
+    person = ProfileView(profile)
+    return {"event": EventView(event), "person": person, "profile": person,
             "flow": {"id": flow_id, "name": flow_name}}
 
 
@@ -319,59 +346,91 @@ def _syntax_message(exc: TemplateError) -> str:
             "and every {% if %}/{% for %} its {% endif %}/{% endfor %}")
 
 
+Located = tuple[str, int | None]  # a message and the template line it is about (1-based)
+
+
 def check(source: str, *, allow_secrets: bool = False) -> list[str]:
     """Every problem with one template, as messages that say how to fix it (empty: fine)."""
+    return [message for message, _line in check_located(source, allow_secrets=allow_secrets)]
+
+
+def check_located(source: str, *, allow_secrets: bool = False) -> list[Located]:
+    """Every problem with one template, each with the template line it is on (when known)."""
     if len(source) > MAX_TEMPLATE_CHARS:
-        return [f"template is longer than {MAX_TEMPLATE_CHARS} characters"]
+        return [(f"template is longer than {MAX_TEMPLATE_CHARS} characters", None)]
     if not has_tags(source):
         return []
     dollar = _DOLLAR_ATTR.search(source)
     if dollar:
         name, prop = dollar.groups()
-        return [f"'{name}.{prop}' cannot be written with a dot; use {{{{ {name}|lookup:'{prop}' }}}}"]
+        line = source.count("\n", 0, dollar.start()) + 1
+        return [(f"'{name}.{prop}' cannot be written with a dot; use {{{{ {name}|lookup:'{prop}' }}}}", line)]
     try:
         tree = ENV.parse(translate(source))
     except TemplateSyntaxError as exc:
-        return [_syntax_message(exc)]
+        return [(_syntax_message(exc), exc.lineno)]
     problems = _check_names(tree, allow_secrets) + _check_nodes(tree)
     if not problems:
         try:
             compile_leaf(source)
         except TemplateProblem as exc:
-            problems.append(str(exc))
+            problems.append((str(exc), None))
     return problems
 
 
-def _check_names(tree: nodes.Template, allow_secrets: bool) -> list[str]:
+def warnings_located(source: str) -> list[Located]:
+    """Things that work but not as a Klaviyo user may expect (Klaviyo-internal fields)."""
+    if not has_tags(source) or len(source) > MAX_TEMPLATE_CHARS:
+        return []
+    try:
+        tree = ENV.parse(translate(source))
+    except TemplateSyntaxError:
+        return []  # reported as a problem by check_located
+    return [(message, line) for message, line in klaviyo.internal_field_warnings(tree)]
+
+
+def _check_names(tree: nodes.Template, allow_secrets: bool) -> list[Located]:
     stored = {n.name for n in tree.find_all(nodes.Name) if n.ctx in ("store", "param")}
-    problems = []
-    for name in sorted({n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"}):
-        if name in VARIABLES or name in stored or name == "loop":
-            continue
-        if name == SECRETS:
-            if not allow_secrets:
-                problems.append("secrets can be used only in headers and signing_secret, "
-                                "so they never reach a body, URL or topic")
-        elif name in NOT_AVAILABLE:
-            problems.append(NOT_AVAILABLE[name])
-        elif name in PROFILE_SHORTCUTS:
-            problems.append(f"unknown variable '{name}'; profile fields are under person: "
-                            f"write {{{{ person.{name} }}}}")
-        else:
-            problems.append(f"unknown variable '{name}'; templates can use event, person and flow")
+    first_line: dict[str, int] = {}
+    for node in tree.find_all(nodes.Name):
+        if node.ctx == "load":
+            first_line.setdefault(node.name, node.lineno)
+    problems: list[Located] = []
+    for name in sorted(first_line):
+        message = _name_problem(name, stored, allow_secrets)
+        if message is not None:
+            problems.append((message, first_line[name]))
     return problems
 
 
-def _check_nodes(tree: nodes.Template) -> list[str]:
-    problems = []
+def _name_problem(name: str, stored: set[str], allow_secrets: bool) -> str | None:
+    if name in VARIABLES or name in stored or name == "loop" or name in PROFILE_SHORTCUTS:
+        return None
+    if name in klaviyo.INTERNAL_VARIABLES:
+        return None  # a warning (warnings_located), not a problem
+    if name == SECRETS:
+        if allow_secrets:
+            return None
+        return ("secrets can be used only in headers and signing_secret, "
+                "so they never reach a body, URL or topic")
+    if name in NOT_AVAILABLE:
+        return NOT_AVAILABLE[name]
+    return f"unknown variable '{name}'; templates can use event, person (or profile) and flow"
+
+
+def _check_nodes(tree: nodes.Template) -> list[Located]:
+    problems: list[Located] = []
     for getattr_node in tree.find_all(nodes.Getattr):
         target = getattr_node.node
         if isinstance(target, nodes.Name) and target.name == "flow" and getattr_node.attr not in FLOW_FIELDS:
-            problems.append(f"flow.{getattr_node.attr} does not exist; flow has only id and name")
+            problems.append((f"flow.{getattr_node.attr} does not exist; flow has only id and name",
+                             getattr_node.lineno))
     for filter_node in tree.find_all(nodes.Filter):
         if filter_node.name not in FILTERS:
-            problems.append(f"unknown filter '{filter_node.name}'; available: {', '.join(FILTERS)}")
+            problems.append((f"unknown filter '{filter_node.name}'; available: {', '.join(FILTERS)}",
+                             filter_node.lineno))
     for kind, label in _FORBIDDEN_NODES.items():
-        if any(True for _ in tree.find_all(kind)):
-            problems.append(f"{label} is not supported in flow templates")
+        found = next(iter(tree.find_all(kind)), None)
+        if found is not None:
+            problems.append((f"{label} is not supported in flow templates", found.lineno))
     return problems

@@ -22,7 +22,7 @@ from processor.clock import parse_iso_ms
 
 __all__ = ["FINAL_OUTCOMES", "FlowRuns", "StepFigures", "Summary", "percentile", "summarize"]
 
-FINAL_OUTCOMES: Final = ("delivered", "failed", "dead", "blocked", "held", "invalid")
+FINAL_OUTCOMES: Final = ("delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled")
 ENTRY_EXIT_PREFIX: Final = "profile filter at entry"
 
 
