@@ -12,6 +12,7 @@ import orjson
 
 from processor.settings import Settings
 
+# A text body whose loop forgets the commas: valid JSON for one item, not for two.
 FLOW = """id: strbody
 status: live
 trigger: {metric: Placed Order}
@@ -19,7 +20,7 @@ steps:
   - webhook:
       id: hook
       url: https://example.com/x
-      body: '{"value": {{ event.%s }}}'
+      body: '{"items": [{% for i in event.Items %}{{ i }}{% endfor %}]}'
 """
 
 
@@ -29,20 +30,21 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 def test_preview_exits_2_when_a_request_would_be_invalid(tmp_path: Path) -> None:
-    """A string body that is not JSON after rendering: preview shows it and exits 2; the same
-    flow with a value present renders and exits 0."""
-    event = tmp_path / "e.json"
-    event.write_bytes(orjson.dumps({"metric": "Placed Order", "profile": {"id": "p1"},
-                                    "properties": {"Total": 12}}))
-    broken, fine = tmp_path / "broken.yaml", tmp_path / "fine.yaml"
-    broken.write_text(FLOW % "Missing")
-    fine.write_text(FLOW % "Total")
-    bad = _cli("preview", str(broken), "--event", str(event))
+    """A text body that is not JSON after rendering: preview shows it and exits 2; the same
+    flow with an event it renders well for exits 0."""
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(FLOW)
+    events = {}
+    for name, items in (("two", ["a", "b"]), ("one", ["a"])):
+        events[name] = tmp_path / f"{name}.json"
+        events[name].write_bytes(orjson.dumps({"metric": "Placed Order", "profile": {"id": "p1"},
+                                               "properties": {"Items": items}}))
+    bad = _cli("preview", str(flow), "--event", str(events["two"]))
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "would be recorded as `invalid`: hook" in bad.stderr
-    good = _cli("preview", str(fine), "--event", str(event))
+    good = _cli("preview", str(flow), "--event", str(events["one"]))
     assert good.returncode == 0, good.stdout + good.stderr
-    assert '"value": 12' in good.stdout
+    assert '"items": [' in good.stdout
 
 
 def test_send_of_an_empty_file_says_so_and_exits_2(tmp_path: Path) -> None:
