@@ -111,6 +111,7 @@ def main() -> None:
 def _register_commands() -> None:
     """Each area owns its commands; they are gathered here under one group."""
     from processor.commands import bench, demo, dev, send
+    from processor.console.commands import console
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
@@ -119,7 +120,7 @@ def _register_commands() -> None:
     from processor.ops.commands import lag, results
 
     for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench,
-                    topics, held):
+                    topics, held, console):
         cli.add_command(command)
 
 

@@ -14,6 +14,7 @@ RESULTS: Final = "results"
 EVENTS_INVALID: Final = "events.invalid"
 WAKEUPS: Final = "wakeups"
 DEAD_LETTER: Final = "webhooks.dead"
+AUDIT: Final = "audit"  # console changes: who, what, when (schemas/audit.schema.json)
 # Events and profile updates that arrived off their profile's home partition (e.g. from a
 # librdkafka client's CRC32 partitioner) go through these, co-partitioned with the inputs.
 EVENTS_REPARTITION: Final = "events.repartition"
@@ -42,6 +43,7 @@ TOPIC_RETENTION_MS: Final = {
     "results": 30 * DAY_MS,
     "events.invalid": 30 * DAY_MS,
     "webhooks.dead": 30 * DAY_MS,
+    "audit": 365 * DAY_MS,  # who changed what: kept for a year
     # The Needs-Review queue: no longer than results, whose latest outcomes take a delivery out of it.
     "webhooks.held": 30 * DAY_MS,
 }

@@ -48,7 +48,7 @@ def _named_topics(settings: Settings) -> list[tuple[str, str]]:
     named = [(t.events, c.EVENTS), (t.profiles, c.PROFILES), (t.wakeups, c.WAKEUPS),
              (t.events_repartition, c.EVENTS_REPARTITION), (t.profiles_repartition, c.PROFILES_REPARTITION),
              (t.webhooks, c.WEBHOOKS), (t.results, c.RESULTS), (t.events_invalid, c.EVENTS_INVALID),
-             (t.dead_letter, c.DEAD_LETTER), (t.held, c.HELD)]
+             (t.dead_letter, c.DEAD_LETTER), (t.held, c.HELD), (t.audit, c.AUDIT)]
     return named + [(tier, "retry") for tier in t.retry_tiers]
 
 

@@ -19,7 +19,8 @@ from processor import constants as c
 from processor.clock import iso, now_ms
 from processor.resources import shipped_dir
 
-SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid"]
+SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid",
+                     "audit"]
 Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled"]
 # `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.held).
 TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled"})

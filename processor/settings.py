@@ -61,6 +61,10 @@ class Topics:
         return self.name(c.DEAD_LETTER)
 
     @property
+    def audit(self) -> str:
+        return self.name(c.AUDIT)
+
+    @property
     def held(self) -> str:
         return self.name(c.HELD)
 

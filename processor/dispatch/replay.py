@@ -27,7 +27,7 @@ from processor.settings import Settings
 
 log = get_logger(__name__)
 
-__all__ = ["ReplayFilter", "fresh_attempt", "parse_time", "replay_dead", "select"]
+__all__ = ["ReplayFilter", "fresh_attempt", "parse_time", "replay_dead", "requeue", "select"]
 
 
 @dataclass(frozen=True)
@@ -105,11 +105,8 @@ async def _read_latest_outcomes(settings: Settings, idle_s: float) -> dict[str, 
     return latest
 
 
-async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: float = 2.0) -> dict[str, int]:
-    """Re-queue the selected dead deliveries on the webhooks topic; counts of replayed and skipped."""
-    await ensure_topics(settings)
-    dead, latest = await asyncio.gather(_read_dead(settings, idle_s), _read_latest_outcomes(settings, idle_s))
-    chosen = select(dead, latest, selection)
+async def requeue(settings: Settings, dues: list[dict[str, Any]]) -> int:
+    """Produce each webhook-due record as a fresh first try (same delivery id, so same webhook-id)."""
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -117,11 +114,20 @@ async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: fl
             await producer.send(
                 settings.topics.webhooks, orjson.dumps(fresh_attempt(due)), key=due["delivery_id"].encode()
             )
-            for due in chosen
+            for due in dues
         ]
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
+    return len(dues)
+
+
+async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: float = 2.0) -> dict[str, int]:
+    """Re-queue the selected dead deliveries on the webhooks topic; counts of replayed and skipped."""
+    await ensure_topics(settings)
+    dead, latest = await asyncio.gather(_read_dead(settings, idle_s), _read_latest_outcomes(settings, idle_s))
+    chosen = select(dead, latest, selection)
+    await requeue(settings, chosen)
     distinct = len({due["delivery_id"] for _, due in dead})
     log.info("replayed", replayed=len(chosen), skipped=distinct - len(chosen))
     return {"replayed": len(chosen), "skipped": distinct - len(chosen)}

@@ -46,11 +46,16 @@ def check_files(paths: tuple[Path, ...], allow_http: bool | None) -> list[Checke
     return checked
 
 
+def warning_line(warning: Problem) -> str:
+    """A warning as `flows validate` prints it (problems print as `str(problem)`)."""
+    return f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}"
+
+
 def report(checked: list[CheckedFile], *, quiet_ok: bool = False) -> bool:
     """Print problems and warnings; True when every file is fine."""
     for item in checked:
         for warning in item.warnings:
-            click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
+            click.echo(warning_line(warning))
         for problem in item.problems:
             click.echo(click.style(str(problem), fg="red"))
         if item.ok and not quiet_ok and item.flow is not None:

@@ -65,6 +65,12 @@ def read_record_file(path: str | Path, kind: str, *,
         raise InputError([Problem(source, None, "", f"cannot read the file: {exc}")]) from None
     except ParseError as exc:
         raise InputError([Problem(source, exc.line, "", exc.message)]) from None
+    return record_from_data(data, lines, source=source, kind=kind, profile=profile)
+
+
+def record_from_data(data: Any, lines: dict[PathKey, int], *, source: str, kind: str,
+                     profile: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """`read_record_file` after parsing: the same defaults and schema check (the console's pasted events)."""
     if not isinstance(data, dict):
         raise InputError([Problem(source, 1, "", f"the {kind} file must hold one JSON object")])
     if kind == "event":
