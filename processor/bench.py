@@ -44,7 +44,8 @@ from processor.stack import WorkerProcess, apply_definitions
 
 BENCH_METRIC = "Bench Order"
 STAGES = ("raw", "agent", "processor", "dispatcher", "e2e")
-ALL_STAGES = (*STAGES, "state")  # "state" (a large RocksDB state) runs only when asked for
+# "state" (a large RocksDB state) and "soak" (minutes against failing receivers) run only when asked for
+ALL_STAGES = (*STAGES, "state", "soak")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class BenchConfig:
     stages: tuple[str, ...] = STAGES
     stage_timeout_s: float = 300.0
     state_profiles: int = 1_000_000
+    soak_events: int = 100_000
+    soak_seconds: float = 300.0
     broker: str = "embedded"  # or "kafka" (one Apache Kafka node); ignored with `brokers`
 
 
@@ -413,6 +416,7 @@ def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
 
 
 async def run_stages(bench: Bench) -> list[StageResult]:
+    from processor.bench_soak import run_soak_stage
     from processor.bench_state import run_state_stage
 
     stage_functions = {"raw": bench.raw_http, "agent": bench.plain_agent, "processor": bench.processor,
@@ -422,6 +426,8 @@ async def run_stages(bench: Bench) -> list[StageResult]:
         cpu_before = broker_cpu_s(bench.broker_pids)
         if name == "state":
             stage = await run_state_stage(bench, bench.config.state_profiles)
+        elif name == "soak":
+            stage = await run_soak_stage(bench, bench.config.soak_events, bench.config.soak_seconds)
         else:
             stage = [await stage_functions[name]()]
         if bench.broker_pids and stage:

@@ -6,6 +6,7 @@ Exit codes: 0 ok, 1 failure, 2 bad usage or bad input (message names file, line,
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 from collections.abc import Coroutine
@@ -14,6 +15,7 @@ from typing import Any
 
 import click
 import orjson
+from aiokafka.errors import KafkaError
 
 from processor import __version__
 from processor.errors import FlowhookError, InputError, KafkaUnavailable
@@ -23,17 +25,42 @@ from processor.settings import Settings
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 
 
-def run_async(coro: Coroutine[Any, Any, int | None]) -> int:
-    """Run a command's coroutine on uvloop when available; map errors to exit codes."""
+class BrokersUnreachable(FlowhookError, click.ClickException):
+    """A command could not reach Kafka: one line naming the brokers (exit 1). A ClickException
+    too, so click (and command wrappers that handle those) prints it as one line."""
+
+    exit_code = 1
+
+
+_brokers = {"last": ""}  # the brokers of the settings a command loaded, for that one line
+
+
+def run_async(coro: Coroutine[Any, Any, int | None], *, worker: bool = False) -> int:
+    """Run a command's coroutine on uvloop when available; map errors to exit codes.
+
+    For tools (`worker` False) an unreachable broker is one line naming the brokers, not
+    aiokafka's traceback and log lines; workers keep their own logs and retry."""
     try:
         import uvloop
 
         loop_factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         loop_factory = None
+    if not worker:
+        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we say it once, below
     # asyncio.Runner, not asyncio.run: only the Runner takes a loop factory on Python 3.11.
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(coro) or EXIT_OK
+        try:
+            return runner.run(coro) or EXIT_OK
+        except (KafkaError, ConnectionError, TimeoutError) as exc:
+            if worker:
+                raise
+            # Clients left half-started are reported as unclosed when the loop closes.
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            raise BrokersUnreachable(
+                f"cannot reach Kafka at {_brokers['last'] or 'the configured brokers'} "
+                f"({type(exc).__name__}); is the broker running? (FLOWHOOK_BROKERS / --brokers)"
+            ) from None
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -42,6 +69,7 @@ def load_settings(**overrides: Any) -> Settings:
     except FlowhookError as exc:
         raise click.UsageError(str(exc)) from None
     configure(settings.log_format, settings.log_level)
+    _brokers["last"] = settings.brokers
     return settings
 
 
@@ -126,4 +154,7 @@ def _register_commands() -> None:
 
 _register_commands()
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "cli", "load_settings", "main", "run_async"]
+__all__ = [
+    "EXIT_BAD_INPUT", "EXIT_FAILURE", "EXIT_OK", "BrokersUnreachable",
+    "cli", "load_settings", "main", "run_async",
+]

@@ -46,11 +46,13 @@ def send(file: Path, topic: str | None, rate: float | None, brokers: str | None)
     """Produce events (one JSON object per line) from FILE, keyed by profile, with progress."""
     from rich.progress import Progress
 
+    from processor.kafka import ensure_topics
     from processor.sending import produce_lines, read_lines, schema_for_topic
 
     settings = load_settings(brokers=brokers)
     topic = topic or settings.topics.events
     lines = read_lines(file, schema_for_topic(settings, topic))
+    run_async(ensure_topics(settings, [topic]))  # an unreachable broker: one line, before any progress bar
     console = _stderr_console()
     if not console.is_terminal:  # a log or a pipe: plain progress lines instead of a bar
         progress = PlainProgress(f"sending to {topic}", len(lines))
@@ -96,14 +98,19 @@ def _stderr_console() -> Console:
               help="Comma-separated stages to run.")
 @click.option("--state-profiles", default=1_000_000, show_default=True,
               help="Profiles (each with a pending delay) the 'state' stage fills a RocksDB state with.")
+@click.option("--soak-events", default=100_000, show_default=True,
+              help="Events the 'soak' stage sends at a steady rate, against failing receivers.")
+@click.option("--soak-seconds", default=300.0, show_default=True, help="How long the 'soak' stage sends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--kafka", is_flag=True, help="Run every stage on one Apache Kafka node (make kafka).")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
-          partitions: int, stages: str, state_profiles: int, as_json: bool, kafka: bool) -> None:
+          partitions: int, stages: str, state_profiles: int, soak_events: int, soak_seconds: float,
+          as_json: bool, kafka: bool) -> None:
     """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
 
-    Stages: raw, agent, processor, dispatcher, e2e (the default), and state (on request: the
-    processor with --state-profiles profiles and pending delays in a RocksDB state).
+    Stages: raw, agent, processor, dispatcher, e2e (the default), and on request: state (the
+    processor with --state-profiles profiles and pending delays in a RocksDB state) and soak
+    (--soak-events over --soak-seconds with 10% 503, 1% hanging and one destination down).
     """
     from processor.bench import ALL_STAGES, BenchConfig, run_bench
 
@@ -113,5 +120,6 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
         raise click.UsageError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(ALL_STAGES)}")
     config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
                          rate=rate, store=store, partitions=partitions, stages=chosen,
-                         state_profiles=state_profiles, broker="kafka" if kafka else "embedded")
+                         state_profiles=state_profiles, soak_events=soak_events, soak_seconds=soak_seconds,
+                         broker="kafka" if kafka else "embedded")
     sys.exit(run_bench(config, as_json=as_json))

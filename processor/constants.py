@@ -88,6 +88,21 @@ DEFAULT_PER_DESTINATION: Final = 32
 
 # Input limits
 MAX_INPUT_RECORD_BYTES: Final = 1024 * 1024
+# One string (key or value) of an event or profile update: longer ones would be stored in
+# the profile's state and rendered into bodies, and a state record over Kafka's default
+# 1 MiB limit would stop the processor.
+MAX_INPUT_STRING_BYTES: Final = 64 * 1024
+# Event times outside these years are refused (delays from year 9999 overflow dates).
+EVENT_YEARS: Final = (1970, 2999)
+# An invalid-input copy keeps at most this many bytes of the original value (then its size
+# and SHA-256), so the copy always fits where the original did not.
+INVALID_COPY_VALUE_BYTES: Final = 64 * 1024
+INVALID_COPY_KEY_BYTES: Final = 1024
+# What the processor writes per record must fit Kafka's default 1 MiB record limit: a
+# record whose outputs or new profile state would be larger is refused instead.
+MAX_OUTPUT_RECORD_BYTES: Final = 900 * 1024
+# Copying a refused record aside is retried this often before the worker stops.
+INVALID_COPY_TRIES: Final = 5
 # Record size on Kafka: producers build requests of at most MAX_REQUEST_BYTES; brokers and
 # every topic Flowhook creates take batches up to MAX_MESSAGE_BYTES (one largest record plus
 # the batch's framing), so a record the producer accepts is never refused by the broker.

@@ -5,12 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from processor.broker import EmbeddedBroker
+from processor.constants import SECRET_ENV_PREFIX
 from processor.errors import ConfigError
 from processor.kafka import ensure_topics
 from processor.logs import configure, get_logger
@@ -90,8 +94,8 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool =
     code = 0
     # Ctrl-C at any moment, start-up included, is a clean stop.
     with contextlib.suppress(KeyboardInterrupt), _dev_broker(port, kafka, workdir) as broker:
-        asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
-        supervisor = Supervisor(settings, workdir)
+        definitions = asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
+        supervisor = Supervisor(settings, workdir, env=example_secrets(definitions))
         try:
             supervisor.start()
             code = asyncio.run(_serve(supervisor, broker.bootstrap, broker.kind, receiver_port))
@@ -145,8 +149,35 @@ def flow_files(folder: Path) -> list[Path]:
     return sorted([*folder.glob("*.yaml"), *folder.glob("*.yml"), *folder.glob("*.json")])
 
 
-async def _prepare(settings: Settings, paths: list[Path]) -> None:
+async def _prepare(settings: Settings, paths: list[Path]) -> list[dict[str, Any]]:
     await ensure_topics(settings)
+    definitions = [read_definition(p) for p in paths]
     if paths:
-        applied = await apply_definitions(settings, [(read_definition(p), str(p)) for p in paths])
+        applied = await apply_definitions(settings, list(zip(definitions, map(str, paths), strict=True)))
         log.info("flows_applied", flows=applied)
+    return definitions
+
+
+def example_secrets(definitions: list[dict[str, Any]]) -> dict[str, str]:
+    """The secrets the flows need that the environment lacks: the examples' own are set to
+    their demo values (logged by name); any other is named as missing (its deliveries wait
+    until it is set, see SPEC §3)."""
+    from processor.demo import DEMO_SECRETS
+    from processor.dispatch.secrets import secret_names
+
+    needed = sorted({n for d in definitions for n in secret_names(orjson.dumps(d).decode())})
+    env, missing = {}, []
+    for name in needed:
+        var = SECRET_ENV_PREFIX + name.upper()
+        if os.environ.get(var):
+            continue
+        if var in DEMO_SECRETS:
+            env[var] = DEMO_SECRETS[var]
+        else:
+            missing.append(var)
+    if env:
+        log.info("example_secrets_set", secrets=sorted(env), hint="demo values; export your own to override")
+    if missing:
+        log.warning("secrets_missing", secrets=missing,
+                    hint="export them before `flowhook dev`: their deliveries wait until they are set")
+    return env

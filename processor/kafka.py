@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import SaslAuthenticationFailed, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 
 from processor import constants as c
 from processor.errors import FlowhookError
@@ -245,28 +245,77 @@ class ReadEnd:
         return self.stop is not None and self.stop()
 
 
-async def wait_for_broker(settings: Settings, wait_s: float = 20.0) -> None:
-    """Wait until the cluster answers a metadata request; refused credentials end it at once
-    (waiting does not make a password right)."""
+async def wait_for_broker(
+    settings: Settings, wait_s: float = 20.0, stop: asyncio.Event | None = None
+) -> bool:
+    """Wait until the cluster answers a metadata request (True), or `stop` is set (False: a
+    Ctrl-C while waiting is honoured at once); TimeoutError after `wait_s`; refused
+    credentials end it at once (LoginRefused)."""
+    stop = stop or asyncio.Event()
     deadline = time.monotonic() + wait_s
     last_error: Exception | None = None
     _AuthFailures.last = None
-    while time.monotonic() < deadline:
-        admin = make_admin(settings, "flowhook-probe")
-        try:
-            await admin.start()
-            await admin.list_topics()
-            await remember_broker_kind(settings, admin)
-            return
-        except Exception as exc:  # any failure here means "not yet", unless the login was refused
-            last_error = exc
-            if _AuthFailures.last is not None and settings.security_protocol.startswith("SASL_"):
-                raise LoginRefused(connect_failure(settings, exc)) from exc
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
-    raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error}")
+    while time.monotonic() < deadline and not stop.is_set():
+        probe = asyncio.ensure_future(_probe(settings))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([probe, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not probe.done():
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await probe
+            return False
+        error = probe.exception()
+        if error is None:
+            return True
+        if _AuthFailures.last is not None and settings.security_protocol.startswith("SASL_"):
+            # Waiting does not make a password right.
+            raise LoginRefused(connect_failure(settings, error)) from error
+        if last_error is None:
+            log.info("waiting_for_broker", brokers=settings.brokers, error=type(error).__name__)
+        last_error = error  # type: ignore[assignment]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=0.2)
+    if stop.is_set():
+        return False
+    raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error!r}")
+
+
+async def _probe(settings: Settings) -> None:
+    admin = make_admin(settings, "flowhook-probe")
+    try:
+        await admin.start()
+        await admin.list_topics()
+        await remember_broker_kind(settings, admin)
+    finally:
+        await admin.close()
 
 
 class LoginRefused(FlowhookError):
     """The brokers refused the SASL credentials."""
+
+
+class CopyAsideFailed(FlowhookError):
+    """A refused record's invalid-input copy could not be written: the worker stops."""
+
+
+async def send_with_retries(
+    producer: AIOKafkaProducer, topic: str, key: bytes | None, value: bytes, *, source: str,
+    tries: int = c.INVALID_COPY_TRIES,
+) -> None:
+    """Produce one record and wait for its ack, up to `tries` times with a growing pause;
+    then raise CopyAsideFailed naming `source` (the refused record's topic/partition/offset)."""
+    error: BaseException | None = None
+    for attempt in range(tries):
+        try:
+            ack = await producer.send(topic, value, key=key)
+            await ack
+            return
+        except KafkaError as exc:
+            error = exc
+            log.warning("copy_aside_retry", source=source, topic=topic, attempt=attempt + 1, error=repr(exc))
+            await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
+    raise CopyAsideFailed(
+        f"cannot copy the refused record {source} to {topic} after {tries} tries ({error!r}); "
+        f"stopping so that it is not skipped: fix the cause and restart"
+    )

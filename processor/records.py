@@ -101,7 +101,7 @@ def delivery_result(
         "http_status": http_status,
         "latency_ms": None if latency_ms is None else round(latency_ms, 3),
         "error": None if error is None else error[:500],
-        "response_excerpt": _excerpt(response_excerpt),
+        "response_excerpt": excerpt(response_excerpt),
         "due_at": due["due_at"],
         "sent_at": _iso_ms(sent_at_ms) if sent_at_ms is not None else None,
         "finished_at": _iso_ms(finished_at_ms if finished_at_ms is not None else now_ms()),
@@ -129,7 +129,8 @@ def _iso_ms(ms: int) -> str:
     return f"{prefix}.{millis:03d}Z"
 
 
-def _excerpt(text: str | None) -> str | None:
+def excerpt(text: str | None) -> str | None:
+    """At most RESPONSE_EXCERPT_BYTES of a response text, cut on a character boundary."""
     if text is None:
         return None
     data = text.encode()[: c.RESPONSE_EXCERPT_BYTES]
@@ -171,16 +172,35 @@ def invalid_input(
     reason: str,
     seen_at_ms: int | None = None,
 ) -> dict[str, Any]:
-    """A copy of an unusable input record with the reason; nothing is dropped silently."""
+    """A copy of an unusable input record with the reason; nothing is dropped silently.
+
+    Key and value are kept as base64 up to INVALID_COPY_KEY_BYTES / INVALID_COPY_VALUE_BYTES:
+    a longer one is shortened (`truncated`), so the copy always fits on the topic where the
+    original (over a size limit, say) did not; the original's size and SHA-256 are kept so it
+    can still be recognised.
+    """
+    copy_key, key_cut = _kept(key, c.INVALID_COPY_KEY_BYTES)
+    copy_value, value_cut = _kept(value, c.INVALID_COPY_VALUE_BYTES)
     return {
         "source_topic": source_topic,
         "partition": partition,
         "offset": offset,
-        "key_b64": base64.b64encode(key).decode() if key is not None else None,
-        "value_b64": base64.b64encode(value).decode() if value is not None else None,
+        "key_b64": copy_key,
+        "value_b64": copy_value,
         "reason": reason[:1000],
         "seen_at": iso(seen_at_ms if seen_at_ms is not None else now_ms()),
+        "key_size": None if key is None else len(key),
+        "value_size": None if value is None else len(value),
+        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
+        "truncated": key_cut or value_cut,
     }
+
+
+def _kept(data: bytes | None, limit: int) -> tuple[str | None, bool]:
+    """(base64 of at most `limit` bytes of data, whether it was shortened)."""
+    if data is None:
+        return None, False
+    return base64.b64encode(data[:limit]).decode(), len(data) > limit
 
 
 def invalid_copy(message: Any, reason: str) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from processor import constants as c
+from processor import strict_json
 from processor.errors import InputError, Problem
 from processor.kafka import ensure_topics, make_producer
 from processor.records import SchemaName, validation_error
@@ -70,9 +70,10 @@ def _check_line(
     path: Path, number: int, raw: bytes, schema: SchemaName | None
 ) -> tuple[Line | None, Problem | None]:
     try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        reason = f"not valid JSON ({exc}); each line must be one JSON object"
+        # The checks the workers make on their input: size, strict JSON, string lengths.
+        record = strict_json.loads(raw, max_string_bytes=c.MAX_INPUT_STRING_BYTES if schema else None)
+    except strict_json.NotUsable as exc:
+        reason = f"{exc}; each line must be one JSON object"
         return None, Problem(str(path), number, "", reason)
     if schema is not None:
         error = validation_error(schema, record)

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import test_broker_choice
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,state"
+EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,state,soak"
 
 
 @pytest.mark.timeout(300)
@@ -24,13 +24,18 @@ def test_bench_smoke_runs_every_stage() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
          "--concurrency", "16", "--partitions", "2", "--stages", EVERY_STAGE, "--state-profiles", "400",
-         "--json", *(["--kafka"] if on_kafka else [])],
+         "--soak-events", "200", "--soak-seconds", "2", "--json", *(["--kafka"] if on_kafka else [])],
         capture_output=True, timeout=290, env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:]
     report = orjson.loads(done.stdout)
     stages = {s["stage"]: s for s in report["stages"]}
-    assert len(stages) == 9
+    assert len(stages) == 11
+    # The soak at a tiny size: counts only (every delivery terminal, the first tries counted).
+    soak = stages.pop("soak: first tries, 10% 503, 1% hang, one down")
+    unloaded = next(stages.pop(name) for name in list(stages) if name.startswith("soak: unloaded"))
+    assert soak["count"] == 200 and unloaded["count"] >= 1
+    assert " 0 not terminal" in soak["note"] and set(soak["peak_rss_mb"]) == {"processor", "dispatcher"}
     fill = stages.pop("fill: 400 profiles, each waiting on a delay")
     ready = stages.pop("restart to ready with 400 profiles")
     assert fill["count"] == 400 and fill["peak_rss_mb"]["processor"] > 0

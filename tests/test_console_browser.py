@@ -261,7 +261,8 @@ async def test_replay_from_the_page_sends_again_with_the_same_webhook_id(stack: 
 CHANGES = [("/flows/{flow}/status", {"status": "manual"}),
            ("/publish", {"text": "id: x"}),
            ("/deliveries/{delivery}/replay", {}),
-           ("/flows/{flow}/replay", {"confirm": "yes"})]
+           ("/flows/{flow}/replay", {"confirm": "yes"}),
+           ("/held", {"action": "cancel", "delivery_id": "dlv_none"})]
 
 
 async def _post_all(stack: Stack, page: Any, csrf: str | None,
@@ -375,3 +376,23 @@ async def test_activity_log_filters_and_audit_page(stack: Stack, page: Any) -> N
     assert "No deliveries match." in await page.inner_text("table.deliveries")
     await page.goto(stack.base + "/audit")
     assert re.search(r"delivery\.replay|flow\.publish|user\.enable_2fa", await page.inner_text("table.audit"))
+
+
+async def test_held_deliveries_wait_for_review_and_send_goes_out_with_the_webhook_id(stack: Stack,
+                                                                                     page: Any) -> None:
+    """A manual flow's delivery waits on the Needs-Review page; Send releases it through the dispatcher."""
+    stack.receiver.accept = True
+    waiting = due_record(stack.failing["request"]["url"], mode="held", flow_id=FLOW_ID, step_id="hook")
+    await produce(stack.settings, [waiting])
+    await sign_in(stack, page, "olivia")
+    delivery = waiting["delivery_id"]
+    await reload_until(page, stack.base + "/held", "table.held", delivery)
+    assert delivery not in stack.receiver.seen
+    await shot(page, "held")
+    await page.check(f"input[value={delivery}]")
+    await page.click("#held-send")
+    assert "done=send+1" in page.url, await page.inner_text("main")
+    await reload_until(page, stack.base + f"/deliveries/{delivery}", "#latest-outcome", "delivered")
+    assert stack.receiver.seen.count(delivery) == 1
+    audit = await read_values(stack.settings, stack.settings.topics.audit)
+    assert [a["detail"]["webhook_ids"] for a in audit if a["action"] == "held.send"] == [[delivery]]

@@ -110,16 +110,17 @@ async def test_connection_refused_is_a_retryable_connect_error() -> None:
     assert attempt.failure is FailureKind.CONNECT_ERROR and attempt.failure.retryable
 
 
-def test_circuit_open_goes_to_the_smallest_fitting_tier() -> None:
+def test_a_retryable_failure_goes_to_the_smallest_fitting_tier() -> None:
     """A retryable failure produces a retry_scheduled result and a copy on its tier with attempt+1."""
     due = due_record("https://example.com/h", retry_ms=[2_000])
-    attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=10_000)
+    attempt = Attempt(FailureKind.CONNECT_ERROR, error="connect_error: refused", finished_at_ms=10_000)
     result, retry = after_attempt(TOPICS, due, attempt, random.Random(1))
     assert orjson.loads(result.value)["outcome"] == "retry_scheduled"
     assert retry.topic == TOPICS.retry_tier(1_000)
     again = orjson.loads(retry.value)
     assert again["attempt"] == 2 and again["delivery_id"] == due["delivery_id"]
     assert again["not_before"] == "1970-01-01T00:00:12.000Z"
+    assert again["last_attempt"]["error"] == "connect_error: refused"
 
 
 def test_max_age_counts_from_first_attempt() -> None:

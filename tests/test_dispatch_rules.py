@@ -97,7 +97,8 @@ def _mix(s: Scenario) -> dict[str, dict[str, Any]]:
         "held": due_record(main.url("/held"), mode="held"),
         "invalid": due_record(main.url("/invalid"), mode="invalid", error="body is not JSON: line 1"),
         "no_secret": due_record(
-            main.url("/no-secret"), secret_headers={"Authorization": "Bearer {{ secrets.RULES_MISSING }}"}
+            main.url("/no-secret"), secret_headers={"Authorization": "Bearer {{ secrets.RULES_MISSING }}"},
+            max_age_ms=8_000,  # the first wait (5 s) fits, the second (10 s) does not
         ),
         "ipv6_loopback": due_record(f"http://[::1]:{main.port}/v6"),
     }
@@ -259,10 +260,13 @@ def test_held_and_invalid_send_nothing(scenario: Scenario) -> None:
     assert not [h for h in scenario.main.hits if h.path in ("/held", "/invalid")]
 
 
-def test_missing_secret_is_invalid_naming_it(scenario: Scenario) -> None:
-    """A missing secret makes the delivery `invalid` with the secret's name; nothing is sent."""
-    result = scenario.result("no_secret")
-    assert result["outcome"] == "invalid" and "RULES_MISSING" in result["error"]
+def test_missing_secret_waits_until_max_age_naming_it(scenario: Scenario) -> None:
+    """A missing secret defers the delivery (no attempt, nothing sent) until max_age ends it as
+    `dead`; both records name the secret."""
+    assert scenario.outcomes("no_secret") == [(1, "retry_scheduled"), (1, "dead")]
+    waiting, dead = scenario.result("no_secret", 0), scenario.result("no_secret", 1)
+    assert waiting["deferred"] is True and "secret RULES_MISSING is not set" in waiting["error"]
+    assert "secret RULES_MISSING is not set" in dead["error"] and dead["http_status"] is None
     assert not scenario.main.hits_for(scenario.id("no_secret"))
 
 

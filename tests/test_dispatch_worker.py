@@ -68,7 +68,7 @@ def _final(results: list[dict[str, Any]]) -> dict[str, str]:
 
 
 async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
-    """A down destination opens its circuit (no request, `circuit open`); once up, a probe closes it."""
+    """A down destination opens its circuit (tries deferred, no request); once up, a probe closes it."""
     port = free_port()
     receiver = ScriptedReceiver()
     dues = [due_record(f"http://127.0.0.1:{port}/hook", retry_ms=[300] * 20) for _ in range(6)]
@@ -79,7 +79,7 @@ async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
         _drain(settings, per_destination=1, breaker_threshold=3, breaker_cooldown_ms=1_000)
     )
     try:
-        await _wait_for(lambda: any(r["error"] == "circuit open" for r in seen))
+        await _wait_for(lambda: any(r.get("deferred") for r in seen))
         await receiver.start(port)  # the destination comes back
         await dispatcher
     finally:
@@ -89,9 +89,10 @@ async def test_breaker_opens_and_a_probe_closes_it(settings: Settings) -> None:
     check_results(results)
     assert set(_final(results).values()) == {"delivered"}
     refused = [r for r in results if r["error"] and r["error"].startswith("connect_error")]
-    skipped = [r for r in results if r["error"] == "circuit open"]
+    skipped = [r for r in results if r.get("deferred")]
     assert len(refused) >= 3 and skipped
     assert all(r["sent_at"] is None and r["outcome"] == "retry_scheduled" for r in skipped)
+    assert all(r["error"].startswith("deferred: circuit open for 127.0.0.1:") for r in skipped)
     assert len(receiver.hits) == len(dues)  # nothing was sent twice once it was up
 
 
@@ -105,7 +106,7 @@ async def test_one_destination_hanging_does_not_slow_another(settings: Settings)
     mixed = [d for pair in zip(slow, fast[:16], strict=True) for d in pair] + fast[16:]
     await produce(settings, mixed)
     try:
-        await _drain(settings, concurrency=8, per_destination=4, breaker_threshold=4)
+        await _drain(settings, concurrency=8, per_destination=4, breaker_threshold=4, breaker_cooldown_ms=500)
     finally:
         await hanging.stop()
         await healthy.stop()
@@ -118,8 +119,10 @@ async def test_one_destination_hanging_does_not_slow_another(settings: Settings)
     first_timeout = min(r["finished_at"] for r in results if r["delivery_id"] in slow_ids)
     last_fast = max(r["finished_at"] for r in results if r["delivery_id"] not in slow_ids)
     assert last_fast < first_timeout
-    # The breaker opened after 4 timeouts; the rest were not sent at all.
-    assert len(hanging.hits) < len(slow)
+    # The breaker opened after 4 timeouts; the rest were deferred (not attempts), then each
+    # got its one real try as a probe: a deferral spends no try (SPEC §3).
+    assert any(r.get("deferred") for r in results)
+    assert sorted(h.headers["webhook-id"] for h in hanging.hits) == sorted(slow_ids)
 
 
 async def test_rate_limit_spaces_requests_to_a_destination(settings: Settings) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from processor.console import pages_auth, pages_change, pages_preview, pages_view
+from processor.console import pages_auth, pages_change, pages_held, pages_preview, pages_view
 from processor.console.context import CONSOLE, Console, ConsoleConfig
 from processor.console.sessions import security_headers, session_and_csrf
 from processor.logs import get_logger
@@ -28,7 +28,8 @@ STATIC = Path(__file__).parent / "static"
 def make_app(console: Console) -> web.Application:
     app = web.Application(middlewares=[security_headers, session_and_csrf], client_max_size=1024 * 1024)
     app[CONSOLE] = console
-    for routes in (pages_auth.routes, pages_view.routes, pages_change.routes, pages_preview.routes):
+    for routes in (pages_auth.routes, pages_view.routes, pages_change.routes, pages_preview.routes,
+                   pages_held.routes):
         app.add_routes(routes)
     app.router.add_static("/static/", STATIC)
     app.cleanup_ctx.append(_parts)

@@ -7,6 +7,7 @@ import gc
 import click
 
 from processor import constants as c
+from processor.dispatch.breaker import DEFAULT_THRESHOLD
 from processor.ops.options import metrics_port_option
 
 
@@ -45,25 +46,46 @@ def _tune_gc() -> None:
     help="Burst mode: exit once the input has been idle this long and nothing is in flight.",
 )
 @metrics_port_option
+@click.option(
+    "--breaker-threshold",
+    type=click.IntRange(min=1),
+    default=DEFAULT_THRESHOLD,
+    show_default=True,
+    envvar="FLOWHOOK_BREAKER_THRESHOLD",
+    help="Failures in a row that open a destination's circuit (env FLOWHOOK_BREAKER_THRESHOLD).",
+)
+@click.option(
+    "--breaker-open",
+    default="5s",
+    show_default=True,
+    envvar="FLOWHOOK_BREAKER_OPEN",
+    metavar="DURATION",
+    help="How long an open circuit defers tries before one probe (env FLOWHOOK_BREAKER_OPEN).",
+)
 def dispatcher(
-    brokers: str | None, concurrency: int, per_destination: int, drain_idle_s: float | None,
+    brokers: str | None,
+    concurrency: int,
+    per_destination: int,
+    drain_idle_s: float | None,
+    breaker_threshold: int,
+    breaker_open: str,
     metrics_port: int | None,
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
     from processor.cli import load_settings, run_async
-    from processor.dispatch.worker import run_dispatcher
+    from processor.dispatch.worker import DispatcherOptions, run_dispatcher
+    from processor.durations import DurationError, parse_duration_ms
 
+    try:
+        open_ms = parse_duration_ms(breaker_open)
+    except DurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--breaker-open") from None
     settings = load_settings(brokers=brokers, metrics_port=metrics_port)
+    options = DispatcherOptions(concurrency=concurrency, per_destination=per_destination,
+                                drain_idle_s=drain_idle_s, breaker_threshold=breaker_threshold,
+                                breaker_cooldown_ms=open_ms)
     _tune_gc()
-    run_async(
-        run_dispatcher(
-            settings,
-            concurrency=concurrency,
-            per_destination=per_destination,
-            drain_idle_s=drain_idle_s,
-            handle_signals=True,
-        )
-    )
+    run_async(run_dispatcher(settings, handle_signals=True, options=options), worker=True)
 
 
 @click.command()
@@ -77,13 +99,16 @@ def dispatcher(
 @click.option(
     "--until", default=None, help="Only deliveries that died before TIME (ISO-8601 or a duration ago)."
 )
+@click.option("--outcome", type=click.Choice(["dead", "failed", "invalid"]), default="dead",
+              show_default=True, help="Which deliveries to send again: those whose latest outcome is this.")
 @click.option("--idle", default=2.0, show_default=True, help="Seconds without new records that end reading.")
 def replay(
-    brokers: str | None, flow_id: str | None, since: str | None, until: str | None, idle: float
+    brokers: str | None, flow_id: str | None, since: str | None, until: str | None, outcome: str, idle: float
 ) -> None:
-    """Send dead deliveries again, as fresh attempts with their original webhook-id."""
+    """Send dead (or failed, or invalid) deliveries again, as fresh attempts with their webhook-id."""
     from processor.cli import load_settings, run_async
-    from processor.dispatch.replay import ReplayFilter, parse_time, replay_dead
+    from processor.dispatch.replay import ReplayFilter, parse_time
+    from processor.dispatch.replay import replay as replay_outcome
 
     try:
         selection = ReplayFilter(flow_id=flow_id, since_ms=parse_time(since), until_ms=parse_time(until))
@@ -93,11 +118,11 @@ def replay(
     counts: dict[str, int] = {}
 
     async def main() -> None:
-        counts.update(await replay_dead(settings, selection, idle_s=idle))
+        counts.update(await replay_outcome(settings, selection, outcome=outcome, idle_s=idle))
 
     run_async(main())
     click.echo(
-        f"replayed {counts.get('replayed', 0)} dead deliveries "
-        f"({counts.get('skipped', 0)} skipped: outside the filter or delivered since)",
+        f"replayed {counts.get('replayed', 0)} {outcome} deliveries "
+        f"({counts.get('skipped', 0)} skipped: outside the filter or another outcome since)",
         err=True,
     )

@@ -180,7 +180,8 @@ def prepare(
     allow_networks: Iterable[Any] = (),
     env: Mapping[str, str] | None = None,
 ) -> Prepared:
-    """The request for a webhook-due record; raises RequestRefused (blocked/invalid) instead."""
+    """The request for a webhook-due record; raises RequestRefused (blocked/invalid) instead,
+    or SecretMissing when a secret it needs is not set."""
     request = due["request"]
     url = request["url"]
     refused = url_refusal(url, allow_http, tuple(allow_networks))
@@ -192,6 +193,8 @@ def prepare(
         standard, signing_values = _standard_headers(
             due["delivery_id"], body, request["signing_secrets"], env
         )
+    except secret_store.SecretMissing:
+        raise  # not the delivery's fault: the caller defers it until the secret is set
     except (secret_store.SecretError, signing.SigningError) as exc:
         raise _refuse(FailureKind.INVALID, str(exc)) from None
     headers.update(standard)  # after the flow's headers, so these always win

@@ -12,15 +12,24 @@ cost of a clear message is only paid for garbage.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["looks_usable"]
+from processor.clock import parse_iso_ms
+
+__all__ = ["implausible", "looks_usable"]
+
+# Schema-valid but absurd values that would hold a worker slot or a partition for good: a
+# retry tier pauses a partition until its head's not_before, and a request holds one of a
+# destination's slots for its whole timeout.
+MAX_TIMEOUT_MS: Final = 5 * 60_000  # what `flows validate` allows
+MAX_NOT_BEFORE_AHEAD_MS: Final = 7 * 24 * 3_600_000  # far beyond any schedule or Retry-After
+MAX_ATTEMPT: Final = 1_000
 
 _DELIVERY_ID = re.compile(r"dlv_[0-9a-f]{24}")
 _RUN_ID = re.compile(r"run_[0-9a-f]{24}")
 _MODES = frozenset({"send", "held", "invalid"})
 _METHODS = frozenset({"POST", "PUT", "PATCH"})
-_OPTIONAL_STRINGS = ("flow_name", "error", "not_before", "first_attempt_at", "dead_reason")
+_OPTIONAL_STRINGS = ("flow_name", "error", "not_before", "first_attempt_at", "dead_reason", "replayed_at")
 
 
 def _integer(value: Any, minimum: int) -> bool:
@@ -120,3 +129,23 @@ def looks_usable(due: Any) -> bool:
         and _request_ok(request)
         and _options_ok(options)
     )
+
+
+def implausible(due: dict[str, Any], now_ms: int) -> str | None:
+    """Why a record that `looks_usable` still cannot be used (absurd values), or None."""
+    options = due["options"]
+    if options["timeout_ms"] > MAX_TIMEOUT_MS:
+        return f"options.timeout_ms {options['timeout_ms']} is over {MAX_TIMEOUT_MS}"
+    if due["attempt"] > MAX_ATTEMPT:
+        return f"attempt {due['attempt']} is over {MAX_ATTEMPT}"
+    for name in ("not_before", "first_attempt_at", "due_at"):
+        text = due.get(name)
+        if not text:
+            continue
+        try:
+            at = parse_iso_ms(text)
+        except (ValueError, OverflowError):
+            return f"{name} {text[:40]!r} is not an ISO-8601 time"
+        if name == "not_before" and at > now_ms + MAX_NOT_BEFORE_AHEAD_MS:
+            return f"not_before {text[:40]!r} is more than 7 days ahead"
+    return None

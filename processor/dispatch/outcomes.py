@@ -15,10 +15,10 @@ import orjson
 from processor import records
 from processor.clock import iso, now_ms, parse_iso_ms
 from processor.dispatch.delivery import Attempt
-from processor.dispatch.retry_policy import Dead, Retry, plan_retry
+from processor.dispatch.retry_policy import Dead, Retry, plan_retry, tier_for
 from processor.settings import Topics
 
-__all__ = ["Output", "after_attempt", "expired", "for_mode", "invalid_input", "result_output"]
+__all__ = ["Output", "after_attempt", "deferred", "expired", "for_mode", "invalid_input", "result_output"]
 
 
 @dataclass(slots=True)  # not frozen: made once or twice per delivery, and never changed
@@ -29,6 +29,7 @@ class Output:
     key: bytes | None
     value: bytes
     outcome: str | None = None  # a result record's outcome (counted in the worker's metrics)
+    attempt_made: bool = True  # False for the outputs of a deferred try (not an attempt)
 
 
 def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:
@@ -57,7 +58,40 @@ def expired(topics: Topics, due: dict[str, Any], now: int) -> list[Output] | Non
     if not first or now - parse_iso_ms(first) <= max_age:
         return None
     reason = f"max_age of {max_age} ms passed before attempt {due['attempt']}"
-    return _dead_outputs(topics, due, Dead(reason), {"error": None, "finished_at_ms": now})
+    return _dead_outputs(topics, due, Dead(reason), {**_last_attempt_fields(due), "finished_at_ms": now})
+
+
+def _last_attempt_fields(due: dict[str, Any]) -> dict[str, Any]:
+    """Status, error and excerpt of the last real attempt (carried on retry copies), for `dead`."""
+    last = due.get("last_attempt") or {}
+    return {"http_status": last.get("http_status"), "error": last.get("error"),
+            "response_excerpt": last.get("response_excerpt")}
+
+
+def deferred(topics: Topics, due: dict[str, Any], *, reason: str, wait_ms: int, now: int) -> list[Output]:
+    """A try that was not made (circuit open, a secret missing): the same attempt again after
+    `wait_ms`, through a retry tier. It spends no retry; only `max_age` (counted from the first
+    try, deferred or not) ends it, as `dead` with the last real attempt's status and error.
+    The first deferral of a delivery writes a `retry_scheduled` result marked `deferred`, so
+    the wait is visible; later ones write none (an outage must not flood the results)."""
+    first = due.get("first_attempt_at") or iso(now)
+    max_age = int(due["options"]["max_age_ms"])
+    not_before = now + wait_ms
+    if not_before - parse_iso_ms(first) > max_age:
+        fields = {**_last_attempt_fields(due), "finished_at_ms": now}
+        fields["error"] = f"{fields['error']}; {reason}" if fields["error"] else reason
+        return _dead_outputs(topics, due, Dead(f"max_age of {max_age} ms reached while deferred"), fields)
+    count = int(due.get("deferrals") or 0)
+    again = {**due, "not_before": iso(not_before), "first_attempt_at": first, "deferrals": count + 1}
+    outputs = [Output(topics.retry_tier(tier_for(wait_ms)), due["delivery_id"].encode(), orjson.dumps(again),
+                      attempt_made=False)]
+    if count == 0:
+        value = records.delivery_result(due, outcome="retry_scheduled", error=f"deferred: {reason}",
+                                        finished_at_ms=now, next_attempt_at_ms=not_before)
+        value["deferred"] = True
+        outputs.insert(0, Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value),
+                                 "retry_scheduled", attempt_made=False))
+    return outputs
 
 
 def _attempt_result(
@@ -124,6 +158,8 @@ def _retry_outputs(
         "attempt": int(due["attempt"]) + 1,
         "not_before": iso(plan.not_before_ms),
         "first_attempt_at": iso(first_ms),
+        "last_attempt": {"http_status": fields["http_status"], "error": fields["error"],
+                         "response_excerpt": records.excerpt(fields["response_excerpt"])},
     }
     return [
         result_output(topics, due, "retry_scheduled", next_attempt_at_ms=plan.not_before_ms, **fields),

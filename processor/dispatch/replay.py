@@ -1,14 +1,18 @@
-"""`flowhook replay`: send `dead` deliveries again with their original webhook-id.
+"""`flowhook replay`: send `dead` (or `failed`, or `invalid`) deliveries again with their
+original webhook-id.
 
 Steps:
 
-1. Read the dead-letter topic (the webhook-due records as they were when they died, with
-   `dead_reason`) and the results topic, each until idle.
-2. Keep the deliveries whose latest result is still `dead` (a delivery replayed and
-   delivered since is not sent twice) and that match the filter (flow, time of death from
-   the dead-letter record's timestamp).
+1. Read the results topic until idle, and the records to send again: for `dead`, the
+   dead-letter topic (the webhook-due records as they were when they died, with
+   `dead_reason`); for `failed` and `invalid`, the webhooks topic and the retry tiers (the
+   last record of each delivery).
+2. Keep the deliveries whose latest result is still that outcome (a delivery replayed and
+   delivered since is not sent twice) and that match the filter (flow, time of the outcome:
+   the dead-letter record's timestamp, or the result's `finished_at`).
 3. Produce each as a fresh first try on the webhooks topic: attempt 1, no not-before, no
-   first-attempt time (so max_age counts anew), same delivery id, hence the same webhook-id.
+   first-attempt time (so max_age counts anew), `replayed_at` now, same delivery id, hence
+   the same webhook-id.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from processor.clock import now_ms, parse_iso_ms
+from processor.clock import iso, now_ms, parse_iso_ms
 from processor.durations import DurationError, parse_duration_ms
 from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import get_logger
@@ -27,7 +31,10 @@ from processor.settings import Settings
 
 log = get_logger(__name__)
 
-__all__ = ["ReplayFilter", "fresh_attempt", "parse_time", "replay_dead", "requeue", "select"]
+__all__ = ["REPLAYABLE", "ReplayFilter", "fresh_attempt", "parse_time", "replay", "replay_dead", "requeue",
+           "select"]
+
+REPLAYABLE = ("dead", "failed", "invalid")
 
 
 @dataclass(frozen=True)
@@ -60,49 +67,61 @@ def parse_time(text: str | None, now: int | None = None) -> int | None:
         raise ValueError(f"{text!r} is neither an ISO-8601 time nor a duration like 2h") from None
 
 
-def fresh_attempt(dead: dict[str, Any]) -> dict[str, Any]:
-    """A dead-letter record as a new first try, keeping its delivery id (the webhook-id)."""
-    again = {k: v for k, v in dead.items() if k != "dead_reason"}
-    again.update(attempt=1, not_before=None, first_attempt_at=None)
+def fresh_attempt(dead: dict[str, Any], now: int | None = None) -> dict[str, Any]:
+    """A dead-letter record as a new first try, keeping its delivery id (the webhook-id).
+    `replayed_at` tells the dispatcher that attempt 1 is meant to be made again (see
+    `dispatch.dedupe`): only attempts made since then count for this record."""
+    again = {k: v for k, v in dead.items() if k not in ("dead_reason", "deferrals", "last_attempt")}
+    again.update(attempt=1, not_before=None, first_attempt_at=None,
+                 replayed_at=iso(now if now is not None else now_ms()))
     return again
 
 
 def select(
-    dead_records: list[tuple[int, dict[str, Any]]],
+    candidates: list[tuple[int, dict[str, Any]]],
     latest_outcome: dict[str, str],
     selection: ReplayFilter,
+    outcome: str = "dead",
 ) -> list[dict[str, Any]]:
-    """The dead deliveries to replay: last death per delivery, still dead, matching the filter."""
+    """The deliveries to replay: last record per delivery, latest outcome still `outcome`
+    (a delivery without results counts as dead only for dead letters), matching the filter."""
     last: dict[str, tuple[int, dict[str, Any]]] = {}
-    for died_at, due in dead_records:
+    for died_at, due in candidates:
         last[due["delivery_id"]] = (died_at, due)
+    fallback = "dead" if outcome == "dead" else None
     return [
         due
         for delivery, (died_at, due) in last.items()
-        if latest_outcome.get(delivery, "dead") == "dead" and selection.matches(due, died_at)
+        if latest_outcome.get(delivery, fallback) == outcome and selection.matches(due, died_at)
     ]
 
 
-async def _read_dead(settings: Settings, idle_s: float) -> list[tuple[int, dict[str, Any]]]:
+async def _read_dues(
+    settings: Settings, topics: list[str], idle_s: float
+) -> list[tuple[int, dict[str, Any]]]:
     found = []
-    async for record in read_records(settings, settings.topics.dead_letter, idle_s=idle_s):
-        try:
-            found.append((record.timestamp, orjson.loads(record.value)))
-        except orjson.JSONDecodeError:
-            log.warning("dead_letter_unreadable", partition=record.partition, offset=record.offset)
-    return found
+    for topic in topics:
+        async for record in read_records(settings, topic, idle_s=idle_s):
+            try:
+                found.append((record.timestamp, orjson.loads(record.value)))
+            except (orjson.JSONDecodeError, TypeError):
+                log.warning("record_unreadable", topic=topic, offset=record.offset)
+    return [(at, d) for at, d in found if isinstance(d, dict) and isinstance(d.get("delivery_id"), str)]
 
 
-async def _read_latest_outcomes(settings: Settings, idle_s: float) -> dict[str, str]:
+async def _read_latest_outcomes(settings: Settings, idle_s: float) -> tuple[dict[str, str], dict[str, int]]:
+    """Latest outcome of every delivery, and when it was recorded (epoch ms)."""
     latest: dict[str, str] = {}
+    at: dict[str, int] = {}
     async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
         try:
             value = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, TypeError):
             continue
-        if value.get("type") == "delivery":
+        if isinstance(value, dict) and value.get("type") == "delivery":
             latest[value["delivery_id"]] = value["outcome"]
-    return latest
+            at[value["delivery_id"]] = record.timestamp
+    return latest, at
 
 
 async def requeue(settings: Settings, dues: list[dict[str, Any]]) -> int:
@@ -122,12 +141,27 @@ async def requeue(settings: Settings, dues: list[dict[str, Any]]) -> int:
     return len(dues)
 
 
-async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: float = 2.0) -> dict[str, int]:
-    """Re-queue the selected dead deliveries on the webhooks topic; counts of replayed and skipped."""
+async def replay(
+    settings: Settings, selection: ReplayFilter, *, outcome: str = "dead", idle_s: float = 2.0
+) -> dict[str, int]:
+    """Re-queue the selected deliveries on the webhooks topic; counts of replayed and skipped."""
+    if outcome not in REPLAYABLE:
+        raise ValueError(f"--outcome must be one of {', '.join(REPLAYABLE)}, not {outcome!r}")
     await ensure_topics(settings)
-    dead, latest = await asyncio.gather(_read_dead(settings, idle_s), _read_latest_outcomes(settings, idle_s))
-    chosen = select(dead, latest, selection)
+    topics = [settings.topics.dead_letter] if outcome == "dead" else [
+        settings.topics.webhooks, *settings.topics.retry_tiers]
+    found, (latest, at) = await asyncio.gather(_read_dues(settings, topics, idle_s),
+                                               _read_latest_outcomes(settings, idle_s))
+    if outcome != "dead":  # the time of a failure is its result's, not the record's
+        found = [(at.get(due["delivery_id"], died), due) for died, due in found]
+    chosen = select(found, latest, selection, outcome)
     await requeue(settings, chosen)
-    distinct = len({due["delivery_id"] for _, due in dead})
-    log.info("replayed", replayed=len(chosen), skipped=distinct - len(chosen))
+    distinct = len({due["delivery_id"] for _, due in found if latest.get(due["delivery_id"]) == outcome
+                    or outcome == "dead"})
+    log.info("replayed", outcome=outcome, replayed=len(chosen), skipped=distinct - len(chosen))
     return {"replayed": len(chosen), "skipped": distinct - len(chosen)}
+
+
+async def replay_dead(settings: Settings, selection: ReplayFilter, *, idle_s: float = 2.0) -> dict[str, int]:
+    """`replay` of dead deliveries (the default)."""
+    return await replay(settings, selection, outcome="dead", idle_s=idle_s)

@@ -40,7 +40,6 @@ class FailureKind(enum.Enum):
     SERVER_ERROR = ("server_error", True, True)  # 5xx
     REQUEST_TIMEOUT = ("request_timeout", True, True)  # 408
     RATE_LIMITED = ("rate_limited", True, False)  # 429: the receiver is up, just busy
-    CIRCUIT_OPEN = ("circuit_open", True, False)  # no request was made
     CLIENT_ERROR = ("client_error", False, False)  # other 4xx
     REDIRECT = ("redirect", False, False)  # 3xx: redirects are never followed
     UNEXPECTED_STATUS = ("unexpected_status", False, False)  # 1xx or beyond 599

@@ -17,11 +17,20 @@ from processor.errors import FlowhookError
 _TAG = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 MASK = "••••"
 
-__all__ = ["MASK", "SecretError", "mask", "resolve_template", "secret_names", "secret_value"]
+__all__ = ["MASK", "SecretError", "SecretMissing", "mask", "resolve_template", "secret_names", "secret_value"]
 
 
 class SecretError(FlowhookError):
     """A secret is missing or a secret template is malformed; the message names no value."""
+
+
+class SecretMissing(SecretError):
+    """A secret the request needs is not set: the operator's configuration error, so the
+    delivery waits (see SPEC §3) instead of failing. `name` is the secret's name."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"secret {name} is not set: export {c.SECRET_ENV_PREFIX}{name.upper()}")
+        self.name = name
 
 
 def secret_value(name: str, env: Mapping[str, str] | None = None) -> str:
@@ -31,7 +40,7 @@ def secret_value(name: str, env: Mapping[str, str] | None = None) -> str:
         value = env.get(var)
         if value:
             return value
-    raise SecretError(f"secret {name} is not set: export {c.SECRET_ENV_PREFIX}{name.upper()}")
+    raise SecretMissing(name)
 
 
 def secret_names(template: str) -> list[str]:

@@ -46,15 +46,17 @@ from typing import Any
 
 import aiohttp
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from processor import constants as c
-from processor import records
+from processor import outage, records, strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
+from processor.dispatch.dedupe import Attempts
+from processor.dispatch.deferrals import Deferrals
 from processor.dispatch.delivery import (
     Attempt,
     RequestRefused,
@@ -63,17 +65,27 @@ from processor.dispatch.delivery import (
     prepare,
     send,
 )
-from processor.dispatch.due_check import looks_usable
+from processor.dispatch.due_check import implausible, looks_usable
 from processor.dispatch.outcomes import Output
 from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
-from processor.dispatch.retry_policy import FailureKind
+from processor.dispatch.secrets import SecretMissing
 from processor.errors import FlowhookError
-from processor.kafka import connect_failure, ensure_topics, make_consumer, make_producer, wait_for_broker
+from processor.kafka import (
+    CopyAsideFailed,
+    connect_failure,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    make_reader,
+    send_with_retries,
+    wait_for_broker,
+)
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
+from processor.outage import OUTAGE_RIDE_MS, BrokerWatch
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
 
@@ -96,7 +108,9 @@ class DispatcherOptions:
     per_destination: int = c.DEFAULT_PER_DESTINATION
     drain_idle_s: float | None = None  # burst mode: exit once idle this long
     shutdown_deadline_s: float = 10.0
-    commit_interval_s: float = 1.0
+    # Often: a dispatcher taking over a partition skips what its predecessor finished (see
+    # `dedupe`), but every commit also shortens what it has to look through.
+    commit_interval_s: float = 0.2
     breaker_threshold: int = DEFAULT_THRESHOLD
     breaker_cooldown_ms: int = DEFAULT_COOLDOWN_MS
 
@@ -131,11 +145,13 @@ class PartitionOffsets:
 def decode(record: ConsumerRecord) -> tuple[dict[str, Any] | None, str | None]:
     """(webhook-due record, None) or (None, why it cannot be used)."""
     try:
-        due = orjson.loads(record.value)
-    except (orjson.JSONDecodeError, TypeError) as exc:
-        return None, f"not JSON: {exc}"
+        # No limit on string length: a webhook-due record's body is one long string.
+        due = strict_json.loads(record.value, max_string_bytes=None)
+    except strict_json.NotUsable as exc:
+        return None, str(exc)
     if looks_usable(due):  # the hot path: a cheap check instead of the full schema validator
-        return due, None
+        absurd = implausible(due, now_ms())
+        return (due, None) if absurd is None else (None, f"not a usable webhook-due record: {absurd}")
     # Only for a record the cheap check refuses: the schema's reason, or the check's own.
     error = records.validation_error("webhook", due) or "an id is not exactly of its pattern"
     return None, f"not a webhook-due record: {error}"
@@ -203,6 +219,10 @@ class Dispatcher:
         )
         self.lanes: list[Lane] = []
         self.started = False
+        self.attempts = Attempts()
+        self._reader: AIOKafkaConsumer | None = None  # reads results back (learn_attempts)
+        self._reader_lock = asyncio.Lock()
+        self.deferrals = Deferrals(self.rng)
 
     def fail(self, exc: BaseException) -> None:
         """Stop everything: an outcome could not be made or written."""
@@ -220,22 +240,57 @@ class Dispatcher:
         if lane.offsets.get(work.tp) is not work.tracker:  # revoked meanwhile: the next owner has it
             lane.release()
             return
+        due = work.due
+        if due is None:
+            await self._copy_aside(work)
+            return
+        if self.attempts.made(due):  # read again (a re-emit or a re-read): sent already
+            self._skip(work)
+            return
+        self.attempts.begin(due)
         handed_off = False
         try:
-            outputs = await self.outputs_for(work.record, work.due, work.reason, lane.window)
+            outputs = await self.outputs_for(work.record, due, work.reason, lane.window)
             self.retry_produced(outputs)
             acks = await self.send_outputs(outputs)
             ack = acks[0] if len(acks) == 1 else asyncio.gather(*acks)
-            ack.add_done_callback(lambda done: self._acked(work, done, outputs))
+            made = all(o.attempt_made for o in outputs)
+            ack.add_done_callback(lambda done: self._acked(work, done, made, outputs))
             handed_off = True
         except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
             self.fail(exc)
         finally:
             if not handed_off:
+                self.attempts.end(due, finished_ms=None)
                 lane.release()
             lane.last_activity = time.monotonic()
 
-    def _acked(self, work: Work, ack: asyncio.Future[Any], outputs: list[Output]) -> None:
+    def _skip(self, work: Work) -> None:
+        self.attempts.skipped += 1
+        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due["attempt"])
+        work.tracker.finish(work.record.offset)
+        work.lane.release()
+        work.lane.last_activity = time.monotonic()
+
+    async def _copy_aside(self, work: Work) -> None:
+        """An unusable record: its invalid-input copy, acknowledged (retried), then its offset
+        is done; if the copy cannot be written the dispatcher stops with one line naming it."""
+        record = work.record
+        output = outcomes.invalid_input(self.topics, record, work.reason or "unusable")
+        try:
+            assert self.producer is not None
+            await send_with_retries(self.producer, output.topic, output.key, output.value,
+                                    source=f"{record.topic}/{record.partition}/{record.offset}")
+            work.tracker.finish(record.offset)
+            self.metrics.invalid.add((record.topic,))
+        except Exception as exc:
+            self.fail(exc)
+        finally:
+            work.lane.release()
+            work.lane.last_activity = time.monotonic()
+
+    def _acked(self, work: Work, ack: asyncio.Future[Any], made: bool, outputs: list[Output]) -> None:
+        finished: int | None = None
         try:
             if ack.cancelled():
                 return  # not written: the offset stays uncommitted
@@ -244,8 +299,11 @@ class Dispatcher:
                 self.fail(error)
             else:
                 work.tracker.finish(work.record.offset)
+                finished = now_ms() if made else None
                 self._count(work, outputs)
         finally:
+            assert work.due is not None
+            self.attempts.end(work.due, finished_ms=finished)
             work.lane.release()
 
     def _count(self, work: Work, outputs: list[Output]) -> None:
@@ -253,8 +311,6 @@ class Dispatcher:
         for output in outputs:
             if output.outcome is not None and work.due is not None:
                 self.metrics.deliveries.add((work.due["flow_id"], work.due["step_id"], output.outcome))
-            elif work.due is None:  # an unusable record, copied to the invalid-input topic
-                self.metrics.invalid.add((work.record.topic,))
 
     def readiness(self) -> Readiness:
         """Ready once started, with partitions of every lane assigned."""
@@ -280,6 +336,27 @@ class Dispatcher:
                 if tp.topic in depth:
                     depth[tp.topic] += len(buffer)
         return [((topic,), value) for topic, value in depth.items()]
+
+    async def close_reader(self) -> None:
+        if self._reader is not None:
+            with contextlib.suppress(KafkaError):
+                await self._reader.stop()
+
+    async def learn_attempts(self, since_ms: dict[int, int]) -> None:
+        """Read the results partitions co-partitioned with newly assigned ones (results of
+        partition p for records of partition p) from a little before `since_ms[p]` (the
+        timestamp of the first record to handle there) until idle: the attempts made."""
+        async with self._reader_lock:  # both lanes share the one reader
+            await self.start_reader()
+            assert self._reader is not None
+            await _read_attempts(self._reader, self.topics.results, since_ms, self.attempts)
+
+    async def start_reader(self) -> None:
+        """The reader of `learn_attempts`, started once (at start-up, so that the first
+        partitions assigned do not wait for it)."""
+        if self._reader is None:
+            self._reader = make_reader(self.settings, fetch_max_wait_ms=50)
+            await self._reader.start()
 
     async def outputs_for(
         self,
@@ -316,13 +393,16 @@ class Dispatcher:
             )
         except RequestRefused as refused:
             return outcomes.after_attempt(self.topics, due, refused.attempt, self.rng)
+        except SecretMissing as missing:
+            return self._defer(due, f"secret {missing.name} is not set", self.deferrals.secret_wait_ms(due),
+                               key=f"secret:{missing.name}")
         rate = due["options"].get("rate_limit")
         if rate:
             await self.rate_limits.acquire(prepared.destination, rate)
         breaker = self.breakers.get(prepared.destination)
         if not breaker.allow(now_ms()):
-            attempt = Attempt(FailureKind.CIRCUIT_OPEN, error="circuit open", finished_at_ms=now_ms())
-            return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+            wait = self.deferrals.breaker_wait_ms(breaker, now_ms())
+            return self._defer(due, f"circuit open for {prepared.destination}", wait, key="circuit_open")
         metrics = self.metrics
         try:
             async with window:
@@ -341,6 +421,11 @@ class Dispatcher:
         if attempt.failure is not None:
             log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
         return outcomes.after_attempt(self.topics, due, attempt, self.rng)
+
+    def _defer(self, due: dict[str, Any], reason: str, wait_ms: int, *, key: str) -> list[Output]:
+        """A try not made: counted and logged (by secret name, never value), then re-queued."""
+        self.deferrals.count(key, due["delivery_id"], reason)
+        return outcomes.deferred(self.topics, due, reason=reason, wait_ms=wait_ms, now=now_ms())
 
     def _update_breaker(self, destination: str, attempt: Attempt) -> None:
         breaker = self.breakers.get(destination)
@@ -409,6 +494,7 @@ class Lane:
         self.buffers: dict[TopicPartition, deque[Buffered]] = {}
         self.assigned = False
         self.last_activity = time.monotonic()
+        self.learned: set[int] = set()  # partitions whose attempts made were read since assigned
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -431,6 +517,7 @@ class Lane:
         for tp in revoked:
             self.offsets.pop(tp, None)
             self.buffers.pop(tp, None)
+            self.learned.discard(tp.partition)
         log.info("partitions_revoked", lane=self.name, partitions=len(revoked))
 
     async def finish_in_flight(self, deadline_s: float) -> None:
@@ -482,8 +569,9 @@ class Lane:
             return
         try:
             await self.consumer.commit(offsets)
-        except KafkaError as exc:  # a rebalance is under way; the revoke handler commits again
-            log.warning("commit_failed", lane=self.name, error=repr(exc))
+        except KafkaError as exc:  # a rebalance or an outage; the next commit covers these offsets
+            if not outage.during():  # an outage is logged once, by the watch
+                log.warning("commit_failed", lane=self.name, error=repr(exc))
             return
         for tp, position in offsets.items():
             if tp in self.offsets:
@@ -498,10 +586,23 @@ class Lane:
             )
             if batch:
                 self.last_activity = time.monotonic()
+                await self._learn(batch)
             for tp, recs in batch.items():
                 await (self._buffer(tp, recs) if self.delayed else self._start_all(tp, recs))
             if self.delayed:
                 await self._start_due()
+
+    async def _learn(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
+        """Before the first records of a partition since its assignment: the attempts already
+        made for it (see `dedupe`), so what a crashed predecessor finished is not sent again."""
+        since: dict[int, int] = {}
+        for tp, recs in batch.items():
+            if tp.partition not in self.learned and recs:
+                since[tp.partition] = min(since.get(tp.partition, recs[0].timestamp), recs[0].timestamp)
+        if not since:
+            return
+        await self.core.learn_attempts(since)
+        self.learned.update(since)
 
     def _poll_timeout_ms(self) -> int:
         if not self.buffers:
@@ -558,6 +659,46 @@ class Lane:
         return time.monotonic() - self.last_activity
 
 
+# Results of a record are written after it was produced; this covers clock skew between hosts.
+LEARN_SKEW_MS = 60_000
+LEARN_TAIL_S = 0.1
+
+
+async def _read_attempts(
+    reader: AIOKafkaConsumer, topic: str, since_ms: dict[int, int], into: Attempts
+) -> None:
+    """Read each partition from its start time to the end it had when we began (plus up to
+    LEARN_TAIL_S more: the embedded broker reports the end as its last batch's first offset),
+    never following new records: the processor keeps writing run results there."""
+    tps = {TopicPartition(topic, p): max(0, at - LEARN_SKEW_MS) for p, at in since_ms.items()}
+    reader.assign(list(tps))
+    starts = await reader.offsets_for_times(tps)
+    ends = await reader.end_offsets(list(tps))
+    reading = {tp: ends[tp] for tp, found in starts.items() if found is not None and found.offset < ends[tp]}
+    idle = [tp for tp in tps if tp not in reading]
+    if idle:
+        reader.pause(*idle)
+    for tp in reading:
+        reader.seek(tp, starts[tp].offset)
+    learned, reached_at = 0, None
+    while reading and (reached_at is None or time.monotonic() - reached_at < LEARN_TAIL_S):
+        batch = await reader.getmany(timeout_ms=100, max_records=5000)
+        for recs in batch.values():
+            for record in recs:
+                with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                    into.learn(orjson.loads(record.value))
+                learned += 1
+        if not batch and reached_at is not None:
+            break
+        if reached_at is None and all(await _positions_reached(reader, reading)):
+            reached_at = time.monotonic()
+    log.info("attempts_learned", partitions=sorted(since_ms), results_read=learned, remembered=len(into))
+
+
+async def _positions_reached(reader: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> list[bool]:
+    return [await reader.position(tp) >= end for tp, end in ends.items()]
+
+
 async def _commit_loop(lanes: list[Lane], interval_s: float) -> None:
     while True:
         await asyncio.sleep(interval_s)
@@ -579,6 +720,7 @@ async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | 
     options = core.options
     helpers = [asyncio.create_task(lane.run()) for lane in lanes]
     helpers.append(asyncio.create_task(_commit_loop(lanes, options.commit_interval_s)))
+    helpers.append(asyncio.create_task(BrokerWatch(core.settings, "dispatcher").run()))
     if options.drain_idle_s is not None:
         helpers.append(asyncio.create_task(_drain_watch(core, lanes, options.drain_idle_s)))
     if stop is not None:
@@ -598,6 +740,7 @@ async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | 
 async def _forward(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
 
 
 async def _shut_down(core: Dispatcher, lanes: list[Lane]) -> None:
@@ -645,18 +788,26 @@ async def run_dispatcher(
     core = Dispatcher(settings, options)
     if handle_signals:
         _install_signal_handlers(core.stop_event)
+    # A signal or the caller's stop ends the wait for the broker at once.
+    forward = asyncio.create_task(_forward(stop, core.stop_event)) if stop is not None else None
     try:
-        await wait_for_broker(settings, wait_s=30)
+        if not await wait_for_broker(settings, wait_s=30, stop=core.stop_event):
+            log.info("dispatcher_stopped", before="the broker answered")
+            return
         await ensure_topics(settings)
     except (TimeoutError, KafkaError, OSError) as exc:
         raise DispatcherError(connect_failure(settings, exc)) from exc
+    finally:
+        if forward is not None:
+            forward.cancel()
     core.session = make_session(
         allow_networks=settings.allow_networks,
         concurrency=2 * options.concurrency,
         per_destination=options.per_destination,
     )
     # linger 5 ms (make_producer) batches results; the partitioner is the same murmur2, faster.
-    core.producer = make_producer(settings, partitioner=KeyPartitioner())
+    # Batches are kept through an outage (OUTAGE_RIDE_MS), not failed after 40 s.
+    core.producer = make_producer(settings, partitioner=KeyPartitioner(), request_timeout_ms=OUTAGE_RIDE_MS)
     lanes = core.lanes = [
         Lane(core, "first", [settings.topics.webhooks], delayed=False),
         Lane(core, "retry", settings.topics.retry_tiers, delayed=True),
@@ -671,6 +822,7 @@ async def run_dispatcher(
             settings.metrics_host, settings.metrics_port,
         )
         await core.producer.start()
+        await core.start_reader()
         for lane in lanes:
             await lane.start()
         core.started = True
@@ -684,12 +836,15 @@ async def run_dispatcher(
         await asyncio.shield(_close(core, lanes))
         if endpoint is not None:
             await endpoint.stop()
+    if isinstance(core.fatal, CopyAsideFailed):
+        raise core.fatal
     if core.fatal is not None:
         raise DispatcherError(f"an outcome could not be written: {core.fatal!r}") from core.fatal
 
 
 async def _close(core: Dispatcher, lanes: list[Lane]) -> None:
     await _shut_down(core, lanes)
+    await core.close_reader()
     if core.producer is not None:
         await core.producer.stop()
     if core.session is not None:

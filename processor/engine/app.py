@@ -46,12 +46,22 @@ from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, idempotent, make_reader, ssl_context, wait_for_broker
+from processor.kafka import (
+    ensure_topics,
+    idempotent,
+    make_producer,
+    make_reader,
+    send_with_retries,
+    ssl_context,
+    wait_for_broker,
+)
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.ops.profiles import lookup
+from processor.outage import BrokerWatch
+from processor.records import invalid_copy
 from processor.settings import Settings
 from processor.topic_plan import processor_app_id
 
@@ -121,7 +131,9 @@ class Engine:
         self.clock = clock
         self.topics = settings.topics
         self.flows = FlowSet()
-        self.registry = FlowRegistry(settings, self.flows, on_change=self.on_flow_change)
+        self.registry = FlowRegistry(
+            settings, self.flows, on_change=self.on_flow_change, on_refused=self._flow_refused
+        )
         self.due = DueIndex()
         self.app = make_app(settings)
         self.table = self._make_table()
@@ -145,6 +157,7 @@ class Engine:
         )
         self._keyed_topics = [self.topics.webhooks, self.topics.results]
         self.outbound = Outbound(on_failure=self._on_send_failed)
+        self._flows_producer: AIOKafkaProducer | None = None
         self.processed = 0
         self.batches = 0
         self._fetch_wait_set = False
@@ -217,7 +230,10 @@ class Engine:
         await self.outbound.prepare(producer, self._keyed_topics)
         for record in result.produce:
             if record.topic == self.topics.events_invalid:  # rare; its key may be missing
-                await self.app.producer.send(record.topic, record.key, record.value, None, None, None)
+                # Waits for the ack, retrying; if the copy cannot be written the worker stops
+                # with one line naming the record, whose offset is then never committed.
+                await send_with_retries(producer, record.topic, record.key, record.value,
+                                        source=record.source or "?")
             else:
                 self.outbound.add(record.topic, record.key, record.value, record.partition)
         changelog = self._changelog_topic()
@@ -268,6 +284,19 @@ class Engine:
         log.error("produce_failed", error=repr(exc))
         if self.failure is None:
             self.failure = exc
+
+    async def _flow_refused(self, record: Any, reason: str) -> None:
+        """A flow record the registry refused: copied aside like any unusable input."""
+        value = orjson.dumps(invalid_copy(record, reason))
+        try:
+            if self._flows_producer is None:  # flows are read before Faust's producer exists; rare
+                self._flows_producer = make_producer(self.settings)
+                await self._flows_producer.start()
+            await send_with_retries(self._flows_producer, self.topics.events_invalid, record.key, value,
+                                    source=f"{record.topic}/{record.partition}/{record.offset}")
+        except Exception as exc:  # stop the worker (see `_wait`): the record is not skipped silently
+            self.failure = exc
+            raise
 
     def _kafka_producer(self) -> AIOKafkaProducer:
         """The aiokafka producer inside Faust's: the one Faust flushes before committing."""
@@ -392,9 +421,10 @@ class Engine:
 
     async def _run(self, stop: asyncio.Event) -> None:
         try:
-            await wait_for_broker(self.settings)
-        except TimeoutError as exc:
-            raise EngineCrashed(str(exc)) from None
+            if not await wait_for_broker(self.settings, stop=stop):
+                return  # stopped (Ctrl-C) before the broker answered
+        except TimeoutError:
+            raise EngineCrashed(f"cannot reach Kafka at {self.settings.brokers}") from None
         await ensure_topics(self.settings)
         if idempotent(self.settings):
             make_idempotent(self.app)
@@ -405,18 +435,24 @@ class Engine:
         self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
         self._lag.start()
+        watch = asyncio.create_task(BrokerWatch(self.settings, "processor").run())
         try:
             await self._wait(stop)
         finally:
+            watch.cancel()
             await self._lag.stop()
             await self.app.stop()
             await self.registry.stop()
+            if self._flows_producer is not None:
+                await self._flows_producer.stop()
             log.info("processor_stopped", processed=self.processed, batches=self.batches,
                      misplaced_forwarded=self.misplaced.total)
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Until `stop` is set; a crashed app (Faust stops itself) is an error."""
         while not stop.is_set():
+            if isinstance(self.failure, FlowhookError):  # already one clear line
+                raise self.failure
             if self.failure is not None:
                 raise EngineCrashed(f"the engine agent failed: {self.failure!r}") from self.failure
             if self.app.crashed or self.app.should_stop:

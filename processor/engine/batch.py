@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from processor import constants as c
 from processor import records
 from processor.engine.core import RecordKind, drop_committed, handle
 from processor.engine.flowset import FlowSet
@@ -51,6 +52,7 @@ class Produce:
     key: bytes | None
     value: bytes
     partition: int | None = None
+    source: str | None = None  # "topic/partition/offset" of the refused record (invalid copies)
 
 
 @dataclass
@@ -151,20 +153,25 @@ def _one(
     src = f"{item.topic}:{item.partition}:{item.offset}"
     try:
         outcome = handle(state, kind, record, flows, clock(), src)
+        produced = [
+            Produce(topics.outputs[o.kind], o.key.encode(), orjson.dumps(o.value)) for o in outcome.outputs
+        ]
+        refusal = _too_big(item, produced, state)
     except Exception as exc:  # a record the core cannot handle must not stop the worker
         log.exception("record_failed", topic=item.topic, offset=item.offset)
+        refusal = f"engine error: {type(exc).__name__}: {exc}"
+    if refusal is not None:
         if before is not None:  # keep the work of the batch's earlier records
             slot.state = loads(before)
         else:  # as if this record had never been read: no write, no due-index update
             del slots[key]
-        result.produce.append(_refusal(item, f"engine error: {type(exc).__name__}: {exc}", topics.invalid))
+        result.produce.append(_refusal(item, refusal, topics.invalid))
         result.events[(item.topic, "invalid")] += 1
         return
     slot.touched, slot.last = True, item
     slot.dirty = slot.dirty or outcome.changed
+    result.produce.extend(produced)
     for output in outcome.outputs:
-        topic = topics.outputs[output.kind]
-        result.produce.append(Produce(topic, output.key.encode(), orjson.dumps(output.value)))
         _count(output.kind, output.value, result)
     result.events[(item.topic, "accepted")] += 1
     result.handled += 1
@@ -175,6 +182,20 @@ def _count(kind: str, value: dict[str, Any], result: BatchResult) -> None:
         result.webhooks[(value["flow_id"],)] += 1
     elif value.get("type") == "run":
         result.runs[(value["flow_id"], value["status"])] += 1
+
+
+def _too_big(item: Input, produced: list[Produce], state: ProfileState) -> str | None:
+    """Why the record's outputs or the profile's new state would not fit on Kafka, or None.
+
+    Inputs are bounded (constants.MAX_INPUT_*), so only a large input or large outputs can
+    make a large state; the state is serialised here only then."""
+    for out in produced:
+        if len(out.value) > c.MAX_OUTPUT_RECORD_BYTES:
+            return f"output to {out.topic} would be {len(out.value)} bytes, over {c.MAX_OUTPUT_RECORD_BYTES}"
+    large = max(len(item.value or b""), sum(len(p.value) for p in produced)) > c.MAX_INPUT_STRING_BYTES
+    if large and (size := len(dumps(state))) > c.MAX_OUTPUT_RECORD_BYTES:
+        return f"the profile's state would be {size} bytes, over {c.MAX_OUTPUT_RECORD_BYTES}"
+    return None
 
 
 def _load(
@@ -190,5 +211,7 @@ def _load(
 
 
 def _refusal(item: Input, reason: str, topic: str) -> Produce:
-    log.warning("input_refused", topic=item.topic, offset=item.offset, reason=reason[:200])
-    return Produce(topic, item.key, orjson.dumps(records.invalid_copy(item, reason)))
+    log.warning("input_refused", topic=item.topic, partition=item.partition, offset=item.offset,
+                reason=reason[:200])
+    source = f"{item.topic}/{item.partition}/{item.offset}"
+    return Produce(topic, item.key, orjson.dumps(records.invalid_copy(item, reason)), source=source)

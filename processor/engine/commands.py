@@ -34,7 +34,7 @@ def processor(
     from processor.cli import load_settings, run_async
 
     settings = load_settings(brokers=brokers, store=store, data_dir=data_dir, metrics_port=metrics_port)
-    raise SystemExit(run_async(_serve(settings)))
+    raise SystemExit(run_async(_serve(settings), worker=True))
 
 
 def _tune_gc() -> None:

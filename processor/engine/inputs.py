@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import orjson
-
 from processor import constants as c
-from processor import records
+from processor import records, strict_json
 from processor.clock import parse_iso_ms
 from processor.engine.core import RecordKind, profile_key
+
+_YEAR_MS = (
+    parse_iso_ms(f"{c.EVENT_YEARS[0]}-01-01T00:00:00Z"),
+    parse_iso_ms(f"{c.EVENT_YEARS[1] + 1}-01-01T00:00:00Z"),
+)
 
 
 class Refused(Exception):
@@ -21,14 +24,10 @@ class Refused(Exception):
 
 def decode(kind: RecordKind, value: bytes | None) -> tuple[dict[str, Any], str]:
     """(record, profile id) of an input record, or raises Refused with the reason."""
-    if value is None:
-        raise Refused("empty record (no value)")
-    if len(value) > c.MAX_INPUT_RECORD_BYTES:
-        raise Refused(f"oversized: {len(value)} bytes, the limit is {c.MAX_INPUT_RECORD_BYTES}")
     try:
-        record = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise Refused(f"not JSON: {exc}") from None
+        record = strict_json.loads(value)
+    except strict_json.NotUsable as exc:
+        raise Refused(str(exc)) from None
     if not isinstance(record, dict):
         raise Refused(f"not a JSON object: {type(record).__name__}")
     return record, _check(kind, record)
@@ -54,6 +53,9 @@ def _check(kind: RecordKind, record: dict[str, Any]) -> str:
 
 def _check_time(text: str) -> None:
     try:
-        parse_iso_ms(text)
-    except ValueError:
-        raise Refused(f"event schema: time {text!r} is not ISO-8601") from None
+        at_ms = parse_iso_ms(text)
+    except (ValueError, OverflowError):
+        raise Refused(f"event schema: time {text[:40]!r} is not ISO-8601") from None
+    first, last = c.EVENT_YEARS
+    if not _YEAR_MS[0] <= at_ms < _YEAR_MS[1]:
+        raise Refused(f"event schema: time {text[:40]!r} is outside the years {first}-{last}")

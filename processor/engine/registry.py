@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
+from processor import strict_json
 from processor.engine.flowset import FlowSet
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
@@ -29,7 +28,7 @@ def flow_from_record(value: bytes, *, allow_http: bool) -> Any:
     """A flow record's value -> Flow (raises FlowhookError or ValueError if unusable)."""
     from processor.flows.loader import flow_from_dict
 
-    record = orjson.loads(value)
+    record = strict_json.loads(value, max_string_bytes=None)
     return flow_from_dict(
         record["definition"],
         source=str(record.get("source") or "<flows topic>"),
@@ -42,11 +41,16 @@ class FlowRegistry:
     """Keeps `flows` in step with the flows topic in a background task."""
 
     def __init__(
-        self, settings: Settings, flows: FlowSet, on_change: Callable[[Flow | None], None] | None = None
+        self,
+        settings: Settings,
+        flows: FlowSet,
+        on_change: Callable[[Flow | None], None] | None = None,
+        on_refused: Callable[[Any, str], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.flows = flows
         self._on_change = on_change
+        self._on_refused = on_refused  # (consumed record, reason): copies it aside
         self.loaded = asyncio.Event()
         # flow id -> why this worker refused its current definition (shown in metrics and logs)
         self.refused: dict[str, str] = {}
@@ -73,32 +77,42 @@ class FlowRegistry:
                 batch = await reader.getmany(timeout_ms=IDLE_LOADED_MS)
                 for recs in batch.values():
                     for record in recs:
-                        self.apply(record.key, record.value)
+                        reason = self.apply(record.key, record.value)
+                        if reason is not None and self._on_refused is not None:
+                            await self._on_refused(record, reason)
                 if not batch:
                     self.loaded.set()
         finally:
             await reader.stop()
 
-    def apply(self, key: bytes | None, value: bytes | None) -> None:
-        """Apply one flow record: a definition (new version) or a tombstone (removal)."""
+    def _refuse(self, flow_id: str | None, reason: str) -> str:
+        """The operator must see this: the flow was published, but this worker will not run it
+        (an error line, `flowhook_flows_refused`, /readyz and `flows list`)."""
+        if flow_id:
+            self.refused[flow_id] = reason
+        log.error("flow_record_refused", flow_id=flow_id, error=reason)
+        return f"flow record refused: {reason}"
+
+    def apply(self, key: bytes | None, value: bytes | None) -> str | None:
+        """Apply one flow record: a definition (new version) or a tombstone (removal).
+        Returns why the record was refused (the flows in force stay as they were), or None."""
         flow_id = key.decode(errors="replace") if key else None
         if value is None:
-            if flow_id:
-                self.flows.remove(flow_id)
-                self.refused.pop(flow_id, None)
-                log.info("flow_removed", flow_id=flow_id)
-            return
+            if not flow_id:
+                return "a tombstone without a key (no flow id)"
+            self.flows.remove(flow_id)
+            self.refused.pop(flow_id, None)
+            log.info("flow_removed", flow_id=flow_id)
+            return None
         try:
             flow = flow_from_record(value, allow_http=self.settings.allow_http)
         except (FlowhookError, ValueError, KeyError, TypeError) as exc:
-            # The operator must see this: the flow was published, but this worker will not run it.
-            reason = str(exc)[:500]
-            if flow_id:
-                self.refused[flow_id] = reason
-            log.error("flow_record_refused", flow_id=flow_id, error=reason)
-            return
+            return self._refuse(flow_id, str(exc)[:500])
+        except Exception as exc:  # a definition must never take the worker down (deep, odd)
+            return self._refuse(flow_id, type(exc).__name__)
         self.refused.pop(flow.id, None)
         self.flows.put(flow)
         log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
         if self._on_change is not None:
             self._on_change(flow)
+        return None
