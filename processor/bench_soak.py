@@ -39,7 +39,8 @@ HANG_S = 5.0
 TIMEOUT = "2s"
 DOWN_SHARE = 0.05
 MAX_AGE_S = 60
-SETTLE_S = 10.0  # after the last event and max_age: the last retries
+SETTLE_S = 3.0  # after the last outcome: a late repeat would show
+DRAIN_MAX_S = 900.0  # how long the backlog may take after the last event, beyond max_age
 
 
 # --- the receiver (its own process, like the bench receiver) ------------------------------
@@ -117,15 +118,19 @@ def _flows(receiver_url: str, down_url: str, max_age_s: int) -> list[dict[str, A
             flow("soak-down", f"{down_url}/down", [{"property": "down", "op": "eq", "value": True}])]
 
 
-async def _produce(settings: Any, count: int, rate: float, run: str, *, down_share: float) -> None:
+async def _produce(settings: Any, count: int, rate: float, run: str, *, down_share: float) -> int:
+    """Produce `count` events at `rate`; returns how many go to the down destination too."""
     producer = make_producer(settings)
     await producer.start()
     rng = random.Random(run)
     started = time.perf_counter()
+    downs = 0
     try:
         futures = []
         for index in range(count):
-            properties = {"OrderId": str(index), "sent_ms": now_ms(), "down": rng.random() < down_share}
+            down = rng.random() < down_share
+            downs += down
+            properties = {"OrderId": str(index), "sent_ms": now_ms(), "down": down}
             event = {"id": f"evt_{run}_{index}", "metric": "Soak Order", "time": iso(now_ms()),
                      "profile": {"id": f"p_{index % 5000}"}, "properties": properties}
             futures.append(await producer.send(settings.topics.events, orjson.dumps(event),
@@ -135,6 +140,7 @@ async def _produce(settings: Any, count: int, rate: float, run: str, *, down_sha
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
+    return downs
 
 
 async def _control(url: str, phase: str | None = None) -> dict[str, Any]:
@@ -147,18 +153,29 @@ async def _control(url: str, phase: str | None = None) -> dict[str, Any]:
             return orjson.loads(await response.read())
 
 
-async def _outcomes(settings: Any) -> tuple[dict[str, int], int, int]:
-    """(final outcomes by kind, deliveries without a terminal outcome, all deliveries)."""
-    last: dict[str, str] = {}
-    async for record in read_records(settings, settings.topics.results, idle_s=3.0):
-        value = orjson.loads(record.value)
-        if value.get("type") == "delivery":
-            last[value["delivery_id"]] = value["outcome"]
-    counts: dict[str, int] = {}
-    for outcome in last.values():
-        counts[outcome] = counts.get(outcome, 0) + 1
-    open_ = sum(1 for o in last.values() if o not in records.TERMINAL_OUTCOMES)
-    return counts, open_, len(last)
+class Tally:
+    """The last outcome of every delivery, followed on the results topic while the soak runs."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+        self.done = False
+
+    async def follow(self, settings: Any) -> None:
+        topic = settings.topics.results
+        async for record in read_records(settings, topic, follow=True, stop=lambda: self.done):
+            value = orjson.loads(record.value)
+            if value.get("type") == "delivery":
+                self.last[value["delivery_id"]] = value["outcome"]
+
+    def terminal(self) -> int:
+        return sum(1 for o in self.last.values() if o in records.TERMINAL_OUTCOMES)
+
+    def summary(self) -> tuple[dict[str, int], int, int]:
+        """(final outcomes by kind, deliveries without a terminal outcome, all deliveries)."""
+        counts: dict[str, int] = {}
+        for outcome in self.last.values():
+            counts[outcome] = counts.get(outcome, 0) + 1
+        return counts, len(self.last) - self.terminal(), len(self.last)
 
 
 async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[StageResult]:
@@ -168,6 +185,7 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
     receiver = _start_receiver(port)
     url, down_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"
     settings = bench.settings()
+    tally = Tally()
     rate = max(events / seconds, 1.0)
     max_age_s = min(MAX_AGE_S, max(5, int(seconds * 2)))  # shorter for tiny runs (tests)
     unloaded = max(min(events // 10, int(rate * 20)), 1)
@@ -176,6 +194,7 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
         await ensure_topics(settings)  # before anything produces: partition counts must match
         await apply_definitions(settings, [(f, "soak") for f in _flows(url, down_url, max_age_s)])
         workers = [bench.worker("processor", settings).start(), bench.worker("dispatcher", settings).start()]
+        follower = asyncio.create_task(tally.follow(settings))
         try:
             await _produce(settings, 1, rate, "warm", down_share=0)
             await _until(lambda: _control(url), lambda s: s["distinct"] >= 1, 120)
@@ -184,25 +203,36 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
             await _until(lambda: _control(url), lambda s: s["distinct"] >= unloaded + 1, 120)
             await _control(url, "soak")
             started = time.perf_counter()
-            await _produce(settings, events, rate, "soak", down_share=DOWN_SHARE)
+            downs = await _produce(settings, events, rate, "soak", down_share=DOWN_SHARE)
             produced_s = time.perf_counter() - started
-            await asyncio.sleep(max_age_s + SETTLE_S)  # the last retries, deferrals and max_age run out
+            # Until every delivery has a terminal outcome (retries, deferrals and max_age run out).
+            expected = 1 + unloaded + events + downs
+            deadline = time.monotonic() + max_age_s + DRAIN_MAX_S
+            while (tally.terminal() < expected and time.monotonic() < deadline  # noqa: ASYNC110
+                   and all(w.alive for w in workers)):  # worker processes: no event to wait on
+                await asyncio.sleep(0.5)
+            drained_s = time.perf_counter() - started - produced_s
+            await asyncio.sleep(SETTLE_S)  # a repeat or a late outcome would show now
             stats = await _control(url)
             rss = {w.role: _peak_rss_mb(w) for w in workers}
             alive = all(w.alive for w in workers)
         finally:
             for worker in workers:
                 worker.stop()
-        counts, open_, total = await _outcomes(settings)
+            tally.done = True
+        await follower
+        counts, open_, total = tally.summary()
     finally:
         receiver.terminate()
     quiet = StageResult(f"soak: unloaded first tries at {rate:.0f}/s", len(stats["first_ms"]["unloaded"]),
                         None, stats["first_ms"]["unloaded"])
     soak = StageResult(f"soak: first tries, {FAIL_SHARE:.0%} 503, {HANG_SHARE:.0%} hang, one down",
                        len(stats["first_ms"]["soak"]), produced_s, stats["first_ms"]["soak"], rss)
-    soak.note = (f"{total:,} deliveries, {open_} not terminal; " + ", ".join(f"{k} {v:,}" for k, v in
+    missing = max(0, expected - total)
+    soak.note = (f"{total:,} deliveries, {open_ + missing} not terminal, last outcome {drained_s:.0f} s "
+                 f"after the last event; " + ", ".join(f"{k} {v:,}" for k, v in
                  sorted(counts.items())) + ("" if alive else "; a worker died"))
-    if open_ or not alive:
+    if open_ or missing or not alive:
         soak.note = "incomplete: " + soak.note
     return [quiet, soak]
 
