@@ -47,7 +47,9 @@ def run_async(coro: Coroutine[Any, Any, int | None], *, worker: bool = False) ->
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         loop_factory = None
     if not worker:
-        logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # we say it once, below
+        # We say it once, below. A filter, not a level: kafka.connect_failure's filter must
+        # still see a refused SASL login to name it.
+        logging.getLogger("aiokafka").addFilter(lambda _record: False)
     # asyncio.Runner, not asyncio.run: only the Runner takes a loop factory on Python 3.11.
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         try:
@@ -57,10 +59,24 @@ def run_async(coro: Coroutine[Any, Any, int | None], *, worker: bool = False) ->
                 raise
             # Clients left half-started are reported as unclosed when the loop closes.
             logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            refused = _login_refused(exc)
+            if refused:
+                raise BrokersUnreachable(refused) from None
             raise BrokersUnreachable(
                 f"cannot reach Kafka at {_brokers['last'] or 'the configured brokers'} "
                 f"({type(exc).__name__}); is the broker running? (FLOWHOOK_BROKERS / --brokers)"
             ) from None
+
+
+def _login_refused(exc: BaseException) -> str | None:
+    """The one-line message for a refused SASL login (kafka.connect_failure), else None."""
+    from processor.kafka import _AuthFailures, connect_failure
+
+    if _AuthFailures.last is None:
+        return None
+    settings = Settings.from_env()
+    settings = settings.with_(brokers=_brokers["last"] or settings.brokers)
+    return connect_failure(settings, exc) if settings.security_protocol.startswith("SASL_") else None
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -37,16 +37,15 @@ def output(tmp_path: Path) -> str:
     return (tmp_path / "output.log").read_text(errors="replace")[-3000:]
 
 
-def _wait_for_event(process: subprocess.Popen[bytes], event: str, timeout_s: float) -> bool:
-    """Read the process's log lines until one carries `event` (False at EOF or timeout)."""
-    assert process.stdout is not None
+def _wait_for_event(process: subprocess.Popen[bytes], log: Path, event: str, timeout_s: float) -> bool:
+    """Poll the command's output log until a line carries `event` (False if it exits or times out)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            return False
-        if event.encode() in line:
+        if log.exists() and event.encode() in log.read_bytes():
             return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.2)
     return False
 
 
@@ -80,7 +79,7 @@ async def test_dev_applies_flows_and_delivers_to_its_receiver(tmp_path: Path, ex
     try:
         settings = Settings(brokers=f"127.0.0.1:{port}")
         # Its own `dev_ready` event, not "port 8787 answers": another run on the machine may hold it.
-        assert await asyncio.to_thread(_wait_for_event, process, "dev_ready", 120)
+        assert await asyncio.to_thread(_wait_for_event, process, tmp_path / "output.log", "dev_ready", 120)
         send = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "processor", "send", str(EXAMPLES.parent / "events.jsonl")],
