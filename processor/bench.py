@@ -38,7 +38,7 @@ from processor.broker import EmbeddedBroker, free_port
 from processor.clock import iso, now_ms
 from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import configure
-from processor.results import percentile
+from processor.ops.summary import percentile
 from processor.settings import Settings
 from processor.stack import WorkerProcess, apply_definitions
 

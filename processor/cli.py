@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 from aiokafka.errors import KafkaError
 
 from processor import __version__
@@ -103,6 +105,16 @@ def broker(port: int, kafka: bool, nodes: str, data_dir: Path | None) -> None:
     sys.exit(run_kafka_only(port, int(nodes), data_dir, announce=click.echo))
 
 
+def report_error(exc: BaseException) -> None:
+    """`error: ...` on stderr; with FLOWHOOK_LOG_FORMAT=json one JSON object, like every log line."""
+    if os.environ.get("FLOWHOOK_LOG_FORMAT") == "json":
+        line = orjson.dumps({"event": "command_failed", "level": "error", "error": str(exc),
+                             "error_type": type(exc).__name__})
+        click.echo(line.decode(), err=True)
+    else:
+        click.echo(f"error: {exc}", err=True)
+
+
 def main() -> None:
     """Console entry point: FlowhookErrors become a message and exit code, not a traceback."""
     try:
@@ -114,10 +126,10 @@ def main() -> None:
         exc.show()
         code = EXIT_BAD_INPUT if isinstance(exc, click.UsageError) else exc.exit_code
     except (InputError, KafkaUnavailable) as exc:
-        click.echo(f"error: {exc}", err=True)
+        report_error(exc)
         code = EXIT_BAD_INPUT
     except FlowhookError as exc:
-        click.echo(f"error: {exc}", err=True)
+        report_error(exc)
         code = EXIT_FAILURE
     except KeyboardInterrupt:
         code = EXIT_FAILURE
@@ -126,16 +138,17 @@ def main() -> None:
 
 def _register_commands() -> None:
     """Each area owns its commands; they are gathered here under one group."""
-    from processor.commands import bench, demo, dev, results, send
+    from processor.commands import bench, demo, dev, send
     from processor.console.commands import console
     from processor.dispatch.commands import dispatcher, replay
     from processor.engine.commands import processor
     from processor.flows.commands import flows, preview
     from processor.held_commands import held
     from processor.kafka_commands import topics
+    from processor.ops.commands import lag, results
 
-    for command in (demo, dev, send, results, processor, dispatcher, replay, flows, preview, bench, topics,
-                    held, console):
+    for command in (demo, dev, send, results, lag, processor, dispatcher, replay, flows, preview, bench,
+                    topics, held, console):
         cli.add_command(command)
 
 

@@ -1,12 +1,12 @@
-"""`flowhook demo|dev|send|results`: the tools around the workers."""
+"""`flowhook demo|dev|send|bench`: the tools around the workers."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
-import orjson
 from rich.console import Console
 
 from processor.cli import load_settings, run_async
@@ -53,44 +53,31 @@ def send(file: Path, topic: str | None, rate: float | None, brokers: str | None)
     topic = topic or settings.topics.events
     lines = read_lines(file, schema_for_topic(settings, topic))
     run_async(ensure_topics(settings, [topic]))  # an unreachable broker: one line, before any progress bar
-    with Progress(transient=True, console=_stderr_console()) as bar:
-        task = bar.add_task(f"sending to {topic}", total=len(lines))
-        sent = run_async(produce_lines(settings, topic, lines, rate=rate,
-                                       progress=lambda n: bar.advance(task, n)))
+    console = _stderr_console()
+    if not console.is_terminal:  # a log or a pipe: plain progress lines instead of a bar
+        progress = PlainProgress(f"sending to {topic}", len(lines))
+        sent = run_async(produce_lines(settings, topic, lines, rate=rate, progress=progress.advance))
+    else:
+        with Progress(transient=True, console=console) as bar:
+            task = bar.add_task(f"sending to {topic}", total=len(lines))
+            sent = run_async(produce_lines(settings, topic, lines, rate=rate,
+                                           progress=lambda n: bar.advance(task, n)))
     click.echo(f"sent {sent} records from {file} to {topic}", err=True)
 
 
-@click.command()
-@click.option("--follow", is_flag=True, help="Keep reading new outcomes until Ctrl-C.")
-@click.option("--flow", "flow_id", default=None, help="Only this flow's outcomes.")
-@click.option("--summary", is_flag=True, help="Per flow and step: outcomes, p50/p95 latency, top errors.")
-@click.option("--idle", default=2.0, show_default=True, help="Stop after this many idle seconds.")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
-def results(follow: bool, flow_id: str | None, summary: bool, idle: float, brokers: str | None) -> None:
-    """Read delivery and run outcomes from the results topic (JSON lines, or a summary)."""
-    from processor.kafka import read_records
-    from processor.results import matches, summarize
-    from processor.summary_view import print_summary
+class PlainProgress:
+    """Progress as a plain line on stderr at most every `every_s` seconds (not a terminal)."""
 
-    settings = load_settings(brokers=brokers)
+    def __init__(self, what: str, total: int, every_s: float = 2.0) -> None:
+        self.what, self.total, self.every_s = what, total, every_s
+        self.done = 0
+        self._last = time.monotonic()
 
-    async def read() -> int:
-        collected = []
-        async for record in read_records(settings, settings.topics.results, idle_s=idle,
-                                         follow=follow and not summary):
-            value = orjson.loads(record.value)
-            if not matches(value, flow_id):
-                continue
-            if summary:
-                collected.append(value)
-            else:
-                sys.stdout.buffer.write(record.value + b"\n")
-                sys.stdout.flush()
-        if summary:
-            print_summary(summarize(collected))
-        return 0
-
-    sys.exit(run_async(read()))
+    def advance(self, n: int) -> None:
+        self.done += n
+        if time.monotonic() - self._last >= self.every_s and self.done < self.total:
+            self._last = time.monotonic()
+            click.echo(f"{self.what}: {self.done}/{self.total} ({self.done / self.total:.0%})", err=True)
 
 
 def _stderr_console() -> Console:

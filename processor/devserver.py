@@ -15,11 +15,13 @@ import orjson
 
 from processor.broker import EmbeddedBroker
 from processor.constants import SECRET_ENV_PREFIX
+from processor.errors import ConfigError
 from processor.kafka import ensure_topics
 from processor.logs import configure, get_logger
+from processor.ops.devwatch import Supervisor, show_deliveries, watch
 from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions, read_definition
+from processor.stack import apply_definitions, read_definition
 
 log = get_logger(__name__)
 
@@ -75,7 +77,8 @@ def _dev_broker(port: int, kafka: bool, workdir: Path) -> Any:
 
 
 def run_dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool = False) -> int:
-    """Broker, processor, dispatcher and a local receiver, until Ctrl-C."""
+    """Broker, processor, dispatcher and a local receiver, until Ctrl-C (exit 0), or until a
+    worker keeps dying (exit 1). Ready once every worker's /readyz says so."""
     base = Settings.from_env()
     configure(base.log_format, base.log_level)
     settings = base.with_(
@@ -88,20 +91,58 @@ def run_dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool =
     if kafka:
         settings = settings.with_(idempotence=True)  # Kafka has idempotent producers
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = 0
+    # Ctrl-C at any moment, start-up included, is a clean stop.
     with contextlib.suppress(KeyboardInterrupt), _dev_broker(port, kafka, workdir) as broker:
         definitions = asyncio.run(_prepare(settings, flow_files(flows_dir) if flows_dir else []))
-        secrets = example_secrets(definitions)
-        workers = [WorkerProcess(role, settings, workdir / f"{role}.log", env=secrets).start()
-                   for role in ("processor", "dispatcher")]
-        log.info("dev_ready", bootstrap=broker.bootstrap, broker=broker.kind, logs=str(workdir),
-                 hint="Ctrl-C stops it")
+        supervisor = Supervisor(settings, workdir, env=example_secrets(definitions))
         try:
-            with contextlib.suppress(KeyboardInterrupt):
-                asyncio.run(_serve_receiver(receiver_port))
+            supervisor.start()
+            code = asyncio.run(_serve(supervisor, broker.bootstrap, broker.kind, receiver_port))
         finally:
-            for worker in workers:
-                worker.stop()
-    return 0
+            supervisor.stop()
+    return code
+
+
+async def _serve(supervisor: Supervisor, bootstrap: str, kind: str, receiver_port: int) -> int:
+    """Receiver up, workers ready, then show deliveries and worker trouble until stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = await _start_receiver(receiver_port)
+    try:
+        if not await supervisor.wait_ready(stop):
+            if stop.is_set():
+                return 0
+            supervisor.show_logs()
+            log.error("dev_not_ready", reason=supervisor.failed or "the workers did not become ready")
+            return 1
+        ports = ",".join(f"127.0.0.1:{w.port}" for w in supervisor.workers if w.role == "processor")
+        log.info("dev_ready", bootstrap=bootstrap, broker=kind, logs=str(supervisor.workdir),
+                 processor_endpoints=ports, hint="Ctrl-C stops it")
+        tasks = [asyncio.create_task(watch(supervisor, stop)),
+                 asyncio.create_task(show_deliveries(supervisor.settings, stop))]
+        await stop.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return 1 if supervisor.failed else 0
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+async def _start_receiver(receiver_port: int) -> Any:
+    if not receiver_port:
+        return None
+    try:
+        runner, bound = await start_receiver(Receiver(), receiver_port)
+    except OSError as exc:
+        raise ConfigError(f"--receiver-port {receiver_port}: cannot listen on 127.0.0.1: {exc.strerror}") \
+            from None
+    log.info("receiver_ready", url=f"http://127.0.0.1:{bound}/")
+    return runner
 
 
 def flow_files(folder: Path) -> list[Path]:
@@ -140,17 +181,3 @@ def example_secrets(definitions: list[dict[str, Any]]) -> dict[str, str]:
         log.warning("secrets_missing", secrets=missing,
                     hint="export them before `flowhook dev`: their deliveries wait until they are set")
     return env
-
-
-async def _serve_receiver(receiver_port: int) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    runner = None
-    if receiver_port:
-        runner, bound = await start_receiver(Receiver(), receiver_port)
-        log.info("receiver_ready", url=f"http://127.0.0.1:{bound}/")
-    await stop.wait()
-    if runner is not None:
-        await runner.cleanup()

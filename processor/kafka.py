@@ -217,20 +217,32 @@ async def read_records(
     reader = make_reader(settings, topic)
     await reader.start()
     try:
-        last_seen = time.monotonic()
+        end = ReadEnd(idle_s, follow, stop)
         while True:
             batch = await reader.getmany(timeout_ms=200, max_records=5000)
             for records in batch.values():
                 for record in records:
                     yield record
-            if batch:
-                last_seen = time.monotonic()
-            elif not follow and time.monotonic() - last_seen >= idle_s:
-                return
-            if stop is not None and stop():
+            if end.reached(bool(batch)):
                 return
     finally:
         await reader.stop()
+
+
+class ReadEnd:
+    """When a tool's read of a topic ends: idle for `idle_s` (unless following), or `stop()`."""
+
+    def __init__(self, idle_s: float, follow: bool, stop: Callable[[], bool] | None) -> None:
+        self.idle_s, self.follow, self.stop = idle_s, follow, stop
+        self.last_seen = time.monotonic()
+
+    def reached(self, got_records: bool) -> bool:
+        """Call after each fetch with whether it returned records."""
+        if got_records:
+            self.last_seen = time.monotonic()
+        elif not self.follow and time.monotonic() - self.last_seen >= self.idle_s:
+            return True
+        return self.stop is not None and self.stop()
 
 
 async def wait_for_broker(

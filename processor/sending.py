@@ -60,6 +60,9 @@ def read_lines(path: Path, schema: SchemaName | None) -> list[Line]:
             lines.append(line)
     if problems:
         raise InputError(problems[:MAX_REPORTED_PROBLEMS])
+    if not lines:
+        reason = "no records: the file is empty (one JSON object per line)"
+        raise InputError([Problem(str(path), None, "", reason)])
     return lines
 
 

@@ -105,6 +105,11 @@ class Settings:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 1_000
     rebalance_timeout_ms: int = 10_000
+    # Worker endpoints (/metrics, /healthz, /readyz): off unless a port is given.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    # Bearer token of the processor's read-only profile lookup; the route is absent without it.
+    endpoint_token: str | None = field(default=None, repr=False)
     # Apache Kafka in production: replication of every topic Flowhook creates (Faust's
     # changelog included) and the min ISR those topics get (None: 2 from replication 3 on).
     replication: int = 1
@@ -150,6 +155,7 @@ class Settings:
             values["log_format"] = env["FLOWHOOK_LOG_FORMAT"]
         if "FLOWHOOK_LOG_LEVEL" in env:
             values["log_level"] = env["FLOWHOOK_LOG_LEVEL"].lower()
+        values.update(_endpoint_values(env))
         values.update(_kafka_values(env))
         for name in ("session_timeout_ms", "heartbeat_interval_ms", "rebalance_timeout_ms"):
             var = f"FLOWHOOK_{name.upper()}"
@@ -190,8 +196,33 @@ class Settings:
             "FLOWHOOK_SESSION_TIMEOUT_MS": str(self.session_timeout_ms),
             "FLOWHOOK_HEARTBEAT_INTERVAL_MS": str(self.heartbeat_interval_ms),
             "FLOWHOOK_REBALANCE_TIMEOUT_MS": str(self.rebalance_timeout_ms),
+            # Empty unless set: two children must not inherit one port from the parent's env.
+            "FLOWHOOK_METRICS_PORT": "" if self.metrics_port is None else str(self.metrics_port),
+            "FLOWHOOK_METRICS_HOST": self.metrics_host,
             **_kafka_env(self),
         }
+
+
+def _endpoint_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The worker-endpoint settings; the token is kept out of every repr (field repr=False)."""
+    values: dict[str, Any] = {}
+    if env.get("FLOWHOOK_METRICS_PORT"):
+        values["metrics_port"] = _port("FLOWHOOK_METRICS_PORT", env["FLOWHOOK_METRICS_PORT"])
+    if env.get("FLOWHOOK_METRICS_HOST"):
+        values["metrics_host"] = env["FLOWHOOK_METRICS_HOST"]
+    if env.get("FLOWHOOK_ENDPOINT_TOKEN"):
+        values["endpoint_token"] = env["FLOWHOOK_ENDPOINT_TOKEN"]
+    return values
+
+
+def _port(name: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name}={text!r}: expected a port number") from None
+    if not 0 <= value <= 65535:
+        raise ConfigError(f"{name}={text!r}: a port is 0-65535 (0: any free port)")
+    return value
 
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

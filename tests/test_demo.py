@@ -20,6 +20,6 @@ def test_demo_delivers_every_example_and_exits_0() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "applied 5 example flows" in out
-    for step in ("catalog", "crm-lead", "nps-invite", "reminder"):
+    for step in ("catalog", "crm-lead", "nps-invite", "reminder", "birthday-points"):
         assert step in out
     assert "delivered" in out and "webhook-id" in out

@@ -81,6 +81,7 @@ def test_further_django_filters(source: str, expected: Any) -> None:
     ('say "hi"\n', 'say \\"hi\\"\\n', '"say \\"hi\\"\\n"'),
     (["a", 1], '[\\"a\\",1]', '["a",1]'),
     ('{"a": 1}', '{\\"a\\": 1}', '{"a":1}'),
+    ('"tojson text"', '\\"tojson text\\"', '"tojson text"'),
 ])
 def test_values_print_for_where_the_tag_stands(value: Any, in_string: str, bare: str) -> None:
     """Inside a JSON string: escaped text; where a value goes: one JSON value."""

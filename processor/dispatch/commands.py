@@ -8,6 +8,7 @@ import click
 
 from processor import constants as c
 from processor.dispatch.breaker import DEFAULT_THRESHOLD
+from processor.ops.options import metrics_port_option
 
 
 def _tune_gc() -> None:
@@ -44,6 +45,7 @@ def _tune_gc() -> None:
     metavar="SECONDS",
     help="Burst mode: exit once the input has been idle this long and nothing is in flight.",
 )
+@metrics_port_option
 @click.option(
     "--breaker-threshold",
     type=click.IntRange(min=1),
@@ -67,6 +69,7 @@ def dispatcher(
     drain_idle_s: float | None,
     breaker_threshold: int,
     breaker_open: str,
+    metrics_port: int | None,
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
     from processor.cli import load_settings, run_async
@@ -77,7 +80,7 @@ def dispatcher(
         open_ms = parse_duration_ms(breaker_open)
     except DurationError as exc:
         raise click.BadParameter(str(exc), param_hint="--breaker-open") from None
-    settings = load_settings(brokers=brokers)
+    settings = load_settings(brokers=brokers, metrics_port=metrics_port)
     options = DispatcherOptions(concurrency=concurrency, per_destination=per_destination,
                                 drain_idle_s=drain_idle_s, breaker_threshold=breaker_threshold,
                                 breaker_cooldown_ms=open_ms)

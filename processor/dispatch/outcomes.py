@@ -28,13 +28,14 @@ class Output:
     topic: str
     key: bytes | None
     value: bytes
+    outcome: str | None = None  # a result record's outcome (counted in the worker's metrics)
     attempt_made: bool = True  # False for the outputs of a deferred try (not an attempt)
 
 
 def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:
     """The result record of one attempt outcome, keyed by delivery id."""
     value = records.delivery_result(due, outcome=outcome, **fields)
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
 
 
 def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
@@ -89,7 +90,7 @@ def deferred(topics: Topics, due: dict[str, Any], *, reason: str, wait_ms: int, 
                                         finished_at_ms=now, next_attempt_at_ms=not_before)
         value["deferred"] = True
         outputs.insert(0, Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value),
-                                 attempt_made=False))
+                                 "retry_scheduled", attempt_made=False))
     return outputs
 
 
@@ -107,7 +108,7 @@ def _attempt_result(
         sent_at_ms=attempt.sent_at_ms,
         finished_at_ms=attempt.finished_at_ms,
     )
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value))
+    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
 
 
 def _attempt_fields(attempt: Attempt) -> dict[str, Any]:

@@ -82,6 +82,9 @@ from processor.kafka import (
     wait_for_broker,
 )
 from processor.logs import get_logger
+from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
+from processor.ops.lag import LagWatch
+from processor.ops.metrics import WorkerMetrics
 from processor.outage import OUTAGE_RIDE_MS, BrokerWatch
 from processor.partitioner import KeyPartitioner
 from processor.settings import Settings
@@ -210,6 +213,12 @@ class Dispatcher:
         self.outstanding_retries: set[tuple[str, int]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.producer: AIOKafkaProducer | None = None
+        self.metrics = WorkerMetrics("dispatcher")
+        self.metrics.on_breakers(
+            lambda: [((key,), 1.0 if b.is_open else 0.0) for key, b in self.breakers.by_key.items()]
+        )
+        self.lanes: list[Lane] = []
+        self.started = False
         self.attempts = Attempts()
         self._reader: AIOKafkaConsumer | None = None  # reads results back (learn_attempts)
         self._reader_lock = asyncio.Lock()
@@ -246,7 +255,7 @@ class Dispatcher:
             acks = await self.send_outputs(outputs)
             ack = acks[0] if len(acks) == 1 else asyncio.gather(*acks)
             made = all(o.attempt_made for o in outputs)
-            ack.add_done_callback(lambda done: self._acked(work, done, made))
+            ack.add_done_callback(lambda done: self._acked(work, done, made, outputs))
             handed_off = True
         except Exception as exc:  # anything unexpected: stop, leave the offset uncommitted
             self.fail(exc)
@@ -273,13 +282,14 @@ class Dispatcher:
             await send_with_retries(self.producer, output.topic, output.key, output.value,
                                     source=f"{record.topic}/{record.partition}/{record.offset}")
             work.tracker.finish(record.offset)
+            self.metrics.invalid.add((record.topic,))
         except Exception as exc:
             self.fail(exc)
         finally:
             work.lane.release()
             work.lane.last_activity = time.monotonic()
 
-    def _acked(self, work: Work, ack: asyncio.Future[Any], made: bool) -> None:
+    def _acked(self, work: Work, ack: asyncio.Future[Any], made: bool, outputs: list[Output]) -> None:
         finished: int | None = None
         try:
             if ack.cancelled():
@@ -290,10 +300,42 @@ class Dispatcher:
             else:
                 work.tracker.finish(work.record.offset)
                 finished = now_ms() if made else None
+                self._count(work, outputs)
         finally:
             assert work.due is not None
             self.attempts.end(work.due, finished_ms=finished)
             work.lane.release()
+
+    def _count(self, work: Work, outputs: list[Output]) -> None:
+        """Metrics of what was written: one delivery count per result record (one dict update)."""
+        for output in outputs:
+            if output.outcome is not None and work.due is not None:
+                self.metrics.deliveries.add((work.due["flow_id"], work.due["step_id"], output.outcome))
+
+    def readiness(self) -> Readiness:
+        """Ready once started, with partitions of every lane assigned."""
+        assigned = {lane.name: len(lane.consumer.assignment()) for lane in self.lanes}
+        details = {"partitions": assigned}
+        if self.fatal is not None:
+            return Readiness(False, "stopping after a failure", details)
+        if not self.started:
+            return Readiness(False, "starting", details)
+        missing = [name for name, n in assigned.items() if n == 0]
+        if missing:
+            return Readiness(False, f"no partitions assigned yet: {', '.join(missing)}", details)
+        return Readiness(True, "", details)
+
+    def retry_depth(self, lags: dict[tuple[str, str], float]) -> list[tuple[tuple[str, ...], float]]:
+        """Per retry tier: records not fetched yet (lag) plus fetched ones waiting to be due."""
+        depth = dict.fromkeys(self.topics.retry_tiers, 0.0)
+        for (topic, _partition), lag in lags.items():
+            if topic in depth:
+                depth[topic] += lag
+        for lane in self.lanes:
+            for tp, buffer in lane.buffers.items():
+                if tp.topic in depth:
+                    depth[tp.topic] += len(buffer)
+        return [((topic,), value) for topic, value in depth.items()]
 
     async def close_reader(self) -> None:
         if self._reader is not None:
@@ -361,13 +403,20 @@ class Dispatcher:
         if not breaker.allow(now_ms()):
             wait = self.deferrals.breaker_wait_ms(breaker, now_ms())
             return self._defer(due, f"circuit open for {prepared.destination}", wait, key="circuit_open")
+        metrics = self.metrics
         try:
             async with window:
                 assert self.session is not None
-                attempt = await send(self.session, prepared)
+                metrics.in_flight += 1
+                try:
+                    attempt = await send(self.session, prepared)
+                finally:
+                    metrics.in_flight -= 1
         except BaseException:
             breaker.probing = False  # an abandoned probe must not keep the circuit open forever
             raise
+        if attempt.latency_ms is not None:
+            metrics.delivery_seconds.observe(attempt.latency_ms / 1000)
         self._update_breaker(prepared.destination, attempt)
         if attempt.failure is not None:
             log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
@@ -759,21 +808,34 @@ async def run_dispatcher(
     # linger 5 ms (make_producer) batches results; the partitioner is the same murmur2, faster.
     # Batches are kept through an outage (OUTAGE_RIDE_MS), not failed after 40 s.
     core.producer = make_producer(settings, partitioner=KeyPartitioner(), request_timeout_ms=OUTAGE_RIDE_MS)
-    lanes = [
+    lanes = core.lanes = [
         Lane(core, "first", [settings.topics.webhooks], delayed=False),
         Lane(core, "retry", settings.topics.retry_tiers, delayed=True),
     ]
+    lag = LagWatch(lambda: [(lane.consumer, None) for lane in lanes])
+    core.metrics.on_lag(lag.samples)
+    core.metrics.on_retry_depth(lambda: core.retry_depth(lag.lags))
+    endpoint = None
     try:
+        endpoint = await start_endpoint(
+            Endpoint(core.metrics, core.readiness, healthy=lambda: core.fatal is None),
+            settings.metrics_host, settings.metrics_port,
+        )
         await core.producer.start()
         await core.start_reader()
         for lane in lanes:
             await lane.start()
+        core.started = True
+        lag.start()
         log.info(
             "dispatcher_started", concurrency=options.concurrency, per_destination=options.per_destination
         )
         await _run_lanes(core, lanes, stop)
     finally:
+        await lag.stop()
         await asyncio.shield(_close(core, lanes))
+        if endpoint is not None:
+            await endpoint.stop()
     if isinstance(core.fatal, CopyAsideFailed):
         raise core.fatal
     if core.fatal is not None:

@@ -56,6 +56,10 @@ from processor.kafka import (
     wait_for_broker,
 )
 from processor.logs import get_logger
+from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
+from processor.ops.lag import LagWatch
+from processor.ops.metrics import WorkerMetrics
+from processor.ops.profiles import lookup
 from processor.outage import BrokerWatch
 from processor.records import invalid_copy
 from processor.settings import Settings
@@ -115,6 +119,7 @@ class EngineTable(faust.Table):  # type: ignore[misc]
         await self.engine.catch_up_changelog(self, active_tps)
         await super().on_recovery_completed(active_tps, standby_tps)
         self.engine.rebuild_due_index(self)
+        self.engine.owned = {tp.partition for tp in active_tps}
         self.engine.ready = True
 
 
@@ -158,6 +163,12 @@ class Engine:
         self._fetch_wait_set = False
         self.failure: BaseException | None = None
         self.ready = False  # set once the table has been recovered after an assignment
+        self.owned: set[int] = set()  # input partitions whose state is recovered here
+        self.partitions = settings.partitions
+        self.metrics = WorkerMetrics("processor")
+        self.registry.refused = self.metrics.refused
+        self._lag = LagWatch(self._lag_sources)
+        self.metrics.on_lag(self._lag.samples)
         self._wire()
 
     def _make_table(self) -> EngineTable:
@@ -237,6 +248,17 @@ class Engine:
                 self.due.set(profile_id, due[0], partition, due[1])
         self.processed += result.handled
         self.batches += 1
+        self._count(result.events, result.runs, result.webhooks)
+
+    def _count(self, events: Any, runs: Any, webhooks: Any) -> None:
+        """The batch's counts into the metrics: one dict update per distinct label set."""
+        metrics = self.metrics
+        metrics.events.add_counts(events)
+        metrics.runs.add_counts(runs)
+        metrics.webhooks_due.add_counts(webhooks)
+        for (topic, outcome), n in events.items():
+            if outcome == "invalid":
+                metrics.invalid.add((topic,), n)
 
     def _load(self, key: bytes, item: Input) -> bytes | None:
         # The RocksDB store finds a key's partition database through Faust's current event.
@@ -303,6 +325,9 @@ class Engine:
             )
 
     async def _on_revoked(self, app: Any, revoked: Iterable[TP], **_: Any) -> None:
+        # Not ready until the next recovery completes (Faust recovers after every rebalance).
+        self.ready = False
+        self.owned = set()
         self.due.drop_partitions({tp.partition for tp in revoked})
 
     def rebuild_due_index(self, table: EngineTable) -> None:
@@ -343,10 +368,58 @@ class Engine:
         if applied:
             log.info("changelog_tail_applied", records=applied)
 
+    # --- worker endpoint --------------------------------------------------------------
+
+    def readiness(self) -> Readiness:
+        """Ready once connected, with partitions assigned and their state recovered."""
+        details = {"partitions": sorted(self.owned), "flows": len(self.flows),
+                   "refused_flows": dict(self.registry.refused)}
+        if self.failure is not None or self.app.crashed:
+            return Readiness(False, "the engine failed", details)
+        if not self.ready:
+            return Readiness(False, "joining the group or recovering state", details)
+        if not self.owned:
+            return Readiness(False, "no partitions assigned", details)
+        return Readiness(True, "", details)
+
+    def healthy(self) -> bool:
+        return self.failure is None and not self.app.crashed
+
+    def owned_partitions(self) -> set[int] | None:
+        return set(self.owned) if self.ready else None
+
+    def read_state(self, key: bytes, partition: int) -> bytes | None:
+        """A profile's stored state, read the way the agent reads it (see `_load`)."""
+        ref = _LookupRef(SimpleNamespace(partition=partition))
+        _current_event.set(weakref.ref(ref))
+        raw: bytes | None = self.table.get(key)
+        return raw
+
+    async def lookup_profile(self, profile_id: str) -> tuple[int, dict[str, Any]]:
+        return lookup(self, profile_id)
+
+    def _lag_sources(self) -> list[tuple[AIOKafkaConsumer, Iterable[str] | None]]:
+        consumer = getattr(getattr(self.app.consumer, "_thread", None), "_consumer", None)
+        return [] if consumer is None else [(consumer, self._kinds)]
+
+    def _endpoint(self) -> Endpoint:
+        return Endpoint(self.metrics, self.readiness, healthy=self.healthy,
+                        profiles=self.lookup_profile, token=self.settings.endpoint_token)
+
     # --- running --------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Create topics, load flows, start the app; stop gracefully when `stop` is set."""
+        """Start the endpoint, create topics, load flows, start the app; stop gracefully when
+        `stop` is set."""
+        settings = self.settings
+        endpoint = await start_endpoint(self._endpoint(), settings.metrics_host, settings.metrics_port)
+        try:
+            await self._run(stop)
+        finally:
+            if endpoint is not None:
+                await endpoint.stop()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         try:
             if not await wait_for_broker(self.settings, stop=stop):
                 return  # stopped (Ctrl-C) before the broker answered
@@ -361,11 +434,13 @@ class Engine:
         await self.app.start()
         self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
+        self._lag.start()
         watch = asyncio.create_task(BrokerWatch(self.settings, "processor").run())
         try:
             await self._wait(stop)
         finally:
             watch.cancel()
+            await self._lag.stop()
             await self.app.stop()
             await self.registry.stop()
             if self._flows_producer is not None:
@@ -423,6 +498,14 @@ def shorten_fetch_wait(app: faust.App, wait_ms: int) -> bool:
         return False
     fetcher._fetch_max_wait_ms = wait_ms
     return True
+
+
+class _LookupRef:
+    """Stands in for a Faust event when reading the table outside the agent: the RocksDB
+    store finds a key's partition database through `current_event().message.partition`."""
+
+    def __init__(self, message: SimpleNamespace) -> None:
+        self.message = message
 
 
 def _input(event: Any) -> Input:

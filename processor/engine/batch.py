@@ -10,6 +10,7 @@ the batch is written once, with its final state, after the batch's outputs.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,6 +72,10 @@ class BatchResult:
     # (profile id, partition, (due ms, reason) | None) for every profile the batch touched
     due: list[tuple[str, int, tuple[int, str] | None]] = field(default_factory=list)
     handled: int = 0
+    # Counts for the worker's metrics, gathered here so the app updates them once per batch.
+    events: Counter[tuple[str, str]] = field(default_factory=Counter)  # (topic, accepted|invalid)
+    runs: Counter[tuple[str, str]] = field(default_factory=Counter)  # (flow id, run status)
+    webhooks: Counter[tuple[str]] = field(default_factory=Counter)  # (flow id,)
 
 
 @dataclass
@@ -129,6 +134,7 @@ def _one(
         record, profile_id = decode(kind, item.value)
     except Refused as exc:
         result.produce.append(_refusal(item, str(exc), topics.invalid))
+        result.events[(item.topic, "invalid")] += 1
         return
     if topics.placement is not None:
         forward = topics.placement.forward(item.topic, item.partition, item.value, profile_id)
@@ -160,11 +166,22 @@ def _one(
         else:  # as if this record had never been read: no write, no due-index update
             del slots[key]
         result.produce.append(_refusal(item, refusal, topics.invalid))
+        result.events[(item.topic, "invalid")] += 1
         return
     slot.touched, slot.last = True, item
     slot.dirty = slot.dirty or outcome.changed
     result.produce.extend(produced)
+    for output in outcome.outputs:
+        _count(output.kind, output.value, result)
+    result.events[(item.topic, "accepted")] += 1
     result.handled += 1
+
+
+def _count(kind: str, value: dict[str, Any], result: BatchResult) -> None:
+    if kind == "webhook":
+        result.webhooks[(value["flow_id"],)] += 1
+    elif value.get("type") == "run":
+        result.runs[(value["flow_id"], value["status"])] += 1
 
 
 def _too_big(item: Input, produced: list[Produce], state: ProfileState) -> str | None:

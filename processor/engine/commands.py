@@ -6,9 +6,10 @@ import asyncio
 import gc
 import signal
 from pathlib import Path
-from typing import Any
 
 import click
+
+from processor.ops.options import metrics_port_option
 
 
 @click.command()
@@ -25,37 +26,15 @@ import click
     default=None,
     help="Folder for the RocksDB store (env FLOWHOOK_DATA_DIR).",
 )
-def processor(brokers: str | None, store: str | None, data_dir: Path | None) -> None:
+@metrics_port_option
+def processor(
+    brokers: str | None, store: str | None, data_dir: Path | None, metrics_port: int | None
+) -> None:
     """Run the flow processor (a Faust worker): events in, webhook-due records out."""
     from processor.cli import load_settings, run_async
 
-    settings = load_settings(brokers=brokers, store=store, data_dir=data_dir)
-    route_stdlib_logging(settings.log_format)
+    settings = load_settings(brokers=brokers, store=store, data_dir=data_dir, metrics_port=metrics_port)
     raise SystemExit(run_async(_serve(settings), worker=True))
-
-
-def route_stdlib_logging(log_format: str) -> None:
-    """Faust, mode and aiokafka log through stdlib logging: render their lines like ours."""
-    import logging
-    import sys
-
-    import structlog
-
-    renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if log_format == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    )
-    formatter = structlog.stdlib.ProcessorFormatter(
-        processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name],
-    )
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(formatter)
 
 
 def _tune_gc() -> None:

@@ -52,6 +52,8 @@ class FlowRegistry:
         self._on_change = on_change
         self._on_refused = on_refused  # (consumed record, reason): copies it aside
         self.loaded = asyncio.Event()
+        # flow id -> why this worker refused its current definition (shown in metrics and logs)
+        self.refused: dict[str, str] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -83,6 +85,14 @@ class FlowRegistry:
         finally:
             await reader.stop()
 
+    def _refuse(self, flow_id: str | None, reason: str) -> str:
+        """The operator must see this: the flow was published, but this worker will not run it
+        (an error line, `flowhook_flows_refused`, /readyz and `flows list`)."""
+        if flow_id:
+            self.refused[flow_id] = reason
+        log.error("flow_record_refused", flow_id=flow_id, error=reason)
+        return f"flow record refused: {reason}"
+
     def apply(self, key: bytes | None, value: bytes | None) -> str | None:
         """Apply one flow record: a definition (new version) or a tombstone (removal).
         Returns why the record was refused (the flows in force stay as they were), or None."""
@@ -91,16 +101,16 @@ class FlowRegistry:
             if not flow_id:
                 return "a tombstone without a key (no flow id)"
             self.flows.remove(flow_id)
+            self.refused.pop(flow_id, None)
             log.info("flow_removed", flow_id=flow_id)
             return None
         try:
             flow = flow_from_record(value, allow_http=self.settings.allow_http)
         except (FlowhookError, ValueError, KeyError, TypeError) as exc:
-            log.warning("flow_record_refused", flow_id=flow_id, error=str(exc)[:500])
-            return f"flow record refused: {str(exc)[:500]}"
+            return self._refuse(flow_id, str(exc)[:500])
         except Exception as exc:  # a definition must never take the worker down (deep, odd)
-            log.warning("flow_record_refused", flow_id=flow_id, error=type(exc).__name__)
-            return f"flow record refused: {type(exc).__name__}"
+            return self._refuse(flow_id, type(exc).__name__)
+        self.refused.pop(flow.id, None)
         self.flows.put(flow)
         log.info("flow_loaded", flow_id=flow.id, version=flow.version, status=flow.status)
         if self._on_change is not None:

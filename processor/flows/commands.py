@@ -78,6 +78,10 @@ def flows() -> None:
     """Check, publish and show flow definitions."""
 
 
+# How long `flows apply` lets the processors read new definitions before asking them.
+REFUSAL_WAIT_S = 2.0
+
+
 @flows.command("validate")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @http_option
@@ -106,9 +110,28 @@ def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str
         changes = await publish.apply(settings, checked)
         for change in changes:
             click.echo(f"{change.kind:9} {change.flow_id} version {change.version} ({change.source})")
-        return 0
+        return await _report_refusals([c.flow_id for c in changes])
 
     sys.exit(_run(settings, run()))
+
+
+async def _report_refusals(flow_ids: list[str]) -> int:
+    """With FLOWHOOK_PROCESSOR_ENDPOINTS set: give the processors a moment to read the flows,
+    then say (exit 1) which of the applied ones a processor refuses to run."""
+    import asyncio
+
+    from processor.ops.fleet import endpoints_from_env, refusals
+
+    endpoints = endpoints_from_env()
+    if not endpoints or not flow_ids:
+        return 0
+    await asyncio.sleep(REFUSAL_WAIT_S)
+    refused = {f: by for f, by in (await refusals(endpoints)).items() if f in flow_ids}
+    for flow_id, by in sorted(refused.items()):
+        for endpoint, reason in sorted(by.items()):
+            click.echo(f"warning: {flow_id} was published, but the processor at {endpoint} refuses it: "
+                       f"{reason}", err=True)
+    return 1 if refused else 0
 
 
 @flows.command("import")
@@ -142,8 +165,16 @@ def list_command(brokers: str | None) -> None:
     settings = load_settings(brokers=brokers)
 
     async def run() -> int:
+        from processor.ops.fleet import endpoints_from_env, refusals
+
         current = await publish.current_records(settings)
-        _print_table([publish.flow_row(r, _flow_or_none(r)) for _, r in sorted(current.items())])
+        rows = [publish.flow_row(r, _flow_or_none(r)) for _, r in sorted(current.items())]
+        refused = await refusals(endpoints_from_env())
+        for row in rows:  # a flow a running processor will not run must not look live
+            if row["id"] in refused:
+                by = refused[row["id"]]
+                row["status"] += f" — refused by {', '.join(sorted(by))}: {next(iter(by.values()))}"
+        _print_table(rows)
         return 0
 
     sys.exit(_run(settings, run()))
@@ -230,5 +261,11 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
         sys.exit(EXIT_BAD_INPUT)
     for warning in checked.warnings:
         click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
-    for line in walk(checked.flow, event, profile).lines:
+    shown = walk(checked.flow, event, profile)
+    for line in shown.lines:
         click.echo(line)
+    invalid = [label for label, request in shown.requests if request.error is not None]
+    if invalid:  # the flow's fault, so bad input: a script checking flows must see it
+        click.echo(f"error: {len(invalid)} request(s) would be recorded as `invalid`: {', '.join(invalid)}",
+                   err=True)
+        sys.exit(EXIT_BAD_INPUT)

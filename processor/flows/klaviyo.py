@@ -7,7 +7,8 @@ each `{{ ... }}` tag stands in the JSON text around it (`json_text_template`):
   string, so a quote or a line break in the data cannot break the body;
 - outside a string (`"total": {{ event|lookup:'$value' }}`) the value is written as a JSON
   value: numbers and booleans as they are, lists and objects as JSON, missing as `null`,
-  text that is itself JSON (`"129.5"`, `"true"`) as that JSON, other text quoted.
+  text that is itself JSON (`"129.5"`, `"true"`, the output of `|tojson`) as that JSON,
+  other text quoted.
 Where Klaviyo's output would be valid JSON, Flowhook's is the same JSON; where Klaviyo's
 would not be (a quote in a name, an empty value after a colon), Flowhook's still is.
 
@@ -145,7 +146,7 @@ def json_value(value: Any) -> str:
         stripped = value.strip()
         if _JSON_NUMBER.match(stripped) or stripped in ("true", "false", "null"):
             return stripped
-        if stripped[:1] in ("{", "["):
+        if stripped[:1] in ("{", "[", '"'):  # JSON text, e.g. from |tojson: as it is, compact
             try:
                 return dumps(orjson.loads(stripped))
             except orjson.JSONDecodeError:

@@ -1,0 +1,1 @@
+"""Operating the workers: metrics, health and readiness endpoints, profile lookups, lag."""
