@@ -206,12 +206,16 @@ class Bench:
         from processor.bench_agent import OUT_SUFFIX
 
         settings = self.settings()
-        await ensure_topics(settings)
+        # Brokers that do not create topics on demand (Apache Kafka here) need the output too.
+        out = settings.topics.name(OUT_SUFFIX)
+        await ensure_topics(settings, extra={out: (settings.partitions, {})})
         await self.produce_events(settings, "agent")
         worker = WorkerProcess("bench-agent", settings, self.workdir / "agent.log")
-        worker_cmd = [sys.executable, "-m", "processor.bench_agent", "worker", "-l", "warn"]
+        # --without-web: Faust's worker command would serve on 0.0.0.0:6066, which another
+        # run on the machine may hold (the agent then dies at start) and is not loopback.
+        worker_cmd = [sys.executable, "-m", "processor.bench_agent", "worker", "-l", "warn", "--without-web"]
         return await self._count_outputs(
-            "plain Faust agent (baseline)", settings, settings.topics.name(OUT_SUFFIX),
+            "plain Faust agent (baseline)", settings, out,
             lambda: _popen(worker, worker_cmd),
         )
 

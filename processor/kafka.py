@@ -69,12 +69,17 @@ class TopicsMissing(FlowhookError):
     """FLOWHOOK_CREATE_TOPICS=0 and a topic Flowhook needs is not there."""
 
 
-async def ensure_topics(settings: Settings, names: Iterable[str] | None = None) -> None:
-    """Create the topics that do not exist yet (all of them unless `names` is given).
+async def ensure_topics(
+    settings: Settings,
+    names: Iterable[str] | None = None,
+    extra: dict[str, tuple[int, dict[str, str]]] | None = None,
+) -> None:
+    """Create the topics that do not exist yet (all of them unless `names` is given), with
+    `extra` topics (name -> partitions, configs) beside Flowhook's own (e.g. bench's).
 
     With `create_topics` off (admins create topics) it only checks they exist.
     """
-    plan = topic_plan(settings)
+    plan = {**topic_plan(settings), **(extra or {})}
     wanted = set(plan) if names is None else set(names)
     admin = make_admin(settings, "flowhook-admin")
     await admin.start()

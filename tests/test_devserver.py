@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
@@ -34,6 +35,19 @@ def start(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
 
 def output(tmp_path: Path) -> str:
     return (tmp_path / "output.log").read_text(errors="replace")[-3000:]
+
+
+def _wait_for_event(process: subprocess.Popen[bytes], event: str, timeout_s: float) -> bool:
+    """Read the process's log lines until one carries `event` (False at EOF or timeout)."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            return False
+        if event.encode() in line:
+            return True
+    return False
 
 
 def interrupt(process: subprocess.Popen[bytes]) -> int:
@@ -65,7 +79,8 @@ async def test_dev_applies_flows_and_delivers_to_its_receiver(tmp_path: Path, ex
                     "--receiver-port", str(receiver_port), *extra)
     try:
         settings = Settings(brokers=f"127.0.0.1:{port}")
-        assert await asyncio.to_thread(wait_until, lambda: _port_open(receiver_port), 60)
+        # Its own `dev_ready` event, not "port 8787 answers": another run on the machine may hold it.
+        assert await asyncio.to_thread(_wait_for_event, process, "dev_ready", 120)
         send = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "processor", "send", str(EXAMPLES.parent / "events.jsonl")],

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from processor.broker import _port_open
-from processor.kafka_runner import KafkaCluster, free_port_block, new_cluster_id
+from processor.kafka_runner import free_port_block, new_cluster_id
 from processor.kafka_settings import BrokerSettings
 from processor.stack import wait_until
 
@@ -81,13 +81,3 @@ def test_broker_kafka_prints_bootstrap_and_stops_on_sigterm(tmp_path: Path) -> N
     assert code == 0
     assert wait_until(lambda: not _port_open(port), 10)
     assert (tmp_path / "k" / "node-1" / "data" / "meta.properties").exists()
-
-
-@pytest.mark.kafka
-def test_a_node_restarted_on_its_data_rejoins(tmp_path: Path) -> None:
-    """A node restarted on its own data comes back with the same cluster id (kill -9 included)."""
-    with KafkaCluster(nodes=1, data_dir=tmp_path) as cluster:
-        cluster.restart(0)
-        cluster.wait_ready(60)
-        assert cluster.nodes[0].alive
-    assert not any(node.alive for node in cluster.nodes)

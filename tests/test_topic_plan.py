@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 
 import pytest
@@ -68,3 +69,43 @@ def test_security_settings_are_checked_and_the_password_never_shows() -> None:
         Settings.from_env({**env, "FLOWHOOK_SECURITY_PROTOCOL": "TLS"})
     with pytest.raises(Exception, match="needs FLOWHOOK_SASL_USERNAME and FLOWHOOK_SASL_PASSWORD"):
         Settings.from_env({k: v for k, v in env.items() if k != "FLOWHOOK_SASL_PASSWORD"})
+
+
+async def _topic_configs(settings: Settings, names: list[str]) -> dict[str, dict[str, str]]:
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    from processor.kafka import make_admin
+
+    admin = make_admin(settings, "flowhook-test")
+    await admin.start()
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    finally:
+        await admin.close()
+    found: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for _code, _message, _type, name, entries in response.resources:
+            found[name] = {entry[0]: entry[1] for entry in entries}
+    return found
+
+
+@pytest.mark.kafka
+async def test_on_kafka_the_changelog_is_compacted_with_the_planned_configs(settings: Settings) -> None:
+    """On Apache Kafka the topics Faust and Flowhook create carry the planned cleanup, min ISR,
+    record size and retention (the embedded broker does not keep topic configs)."""
+    from tests.engine_helpers import InProcessEngine, definition, publish_flows
+
+    await publish_flows(settings, definition("plain"))
+    async with InProcessEngine(settings) as running:
+        for _ in range(200):
+            if running.engine.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert running.engine.ready
+    planned = {t.name: t for t in planned_topics(settings)}
+    changelog = f"{settings.topic_prefix}processor-profiles-changelog"
+    configs = await _topic_configs(settings, [changelog, settings.topics.events, settings.topics.results])
+    for name, actual in configs.items():
+        for key, value in planned[name].configs.items():
+            assert actual[key] == value, (name, key)
+    assert configs[changelog]["cleanup.policy"] == "compact"
