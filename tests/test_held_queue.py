@@ -70,9 +70,18 @@ def test_send_or_cancel_needs_a_selection() -> None:
     assert result.exit_code == 2 and "--flow" in result.output
 
 
-async def _drain(settings: Settings) -> None:
-    options = DispatcherOptions(drain_idle_s=1.0)
-    await asyncio.wait_for(run_dispatcher(settings, options=options), timeout=90)
+async def _dispatch_until(settings: Settings, outcomes: dict[str, str]) -> None:
+    """Run the dispatcher until each delivery id's latest result is the given outcome. (An
+    idle-based drain ended before the live delivery was sent when the machine was loaded.)"""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_dispatcher(settings, options=DispatcherOptions(), stop=stop))
+    try:
+        await wait_for(settings, settings.topics.results, lambda rs: all(
+            {r["delivery_id"]: r["outcome"] for r in rs if r.get("type") == "delivery"}.get(d) == o
+            for d, o in outcomes.items()), timeout_s=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=60)
 
 
 def _review_flow(url: str, status: str, flow_id: str = "review") -> dict[str, Any]:
@@ -96,7 +105,9 @@ async def test_held_deliveries_wait_until_sent_or_cancelled(settings: Settings) 
             later = event("r3", "review order", pid="di")
             await produce(settings, settings.topics.events, [event_bytes(later)])
             dues = await wait_for(settings, settings.topics.webhooks, lambda rs: len(rs) >= 4)
-        await _drain(settings)
+        ids = {d["profile_id"]: d["delivery_id"] for d in dues}
+        await _dispatch_until(settings, {ids["ann"]: "held", ids["bo"]: "held", ids["cy"]: "held",
+                                         ids["di"]: "delivered"})
         queue = await read_queue(settings)
         assert sorted(h.due["profile_id"] for h in queue) == ["ann", "bo", "cy"]  # live released nothing
         assert [hit.path for hit in receiver.hits] == ["/crm"]  # only di's, sent live
@@ -108,7 +119,7 @@ async def test_held_deliveries_wait_until_sent_or_cancelled(settings: Settings) 
         assert await asyncio.wait_for(cli.wait(), 60) == 0
         cancelled_now = await cancel_held(settings, Selection(flow_id="other"))
         assert [h.due["profile_id"] for h in cancelled_now] == ["cy"]
-        await _drain(settings)
+        await _dispatch_until(settings, {ids["ann"]: "delivered", ids["cy"]: "cancelled"})
         left = await read_queue(settings)
         listing = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "processor", "held", "list", "--json", "--flow", "review", env=env,
