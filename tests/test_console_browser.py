@@ -396,3 +396,19 @@ async def test_held_deliveries_wait_for_review_and_send_goes_out_with_the_webhoo
     assert stack.receiver.seen.count(delivery) == 1
     audit = await read_values(stack.settings, stack.settings.topics.audit)
     assert [a["detail"]["webhook_ids"] for a in audit if a["action"] == "held.send"] == [[delivery]]
+
+
+async def test_sign_in_is_rate_limited_after_five_failures(stack: Stack, page: Any) -> None:
+    """Five failed sign-ins within five minutes: the next one is refused with 429 even with the right
+    password (last in the module: the limit also counts the client address, loopback here)."""
+    statuses = []
+    for attempt in range(7):
+        await page.goto(stack.base + "/login")
+        answer = await page.request.post(stack.base + "/login", max_redirects=0, form={
+            "csrf": await csrf_of(page), "name": "ana",
+            "password": PASSWORD if attempt == 6 else "wrong password"})
+        statuses.append(answer.status)
+    assert statuses.count(401) >= 3 and statuses[-2:] == [429, 429], statuses
+    assert "too many failed sign-ins" in await (await page.request.post(
+        stack.base + "/login", max_redirects=0,
+        form={"csrf": await csrf_of(page), "name": "ana", "password": PASSWORD})).text()
