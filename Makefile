@@ -20,6 +20,7 @@ dev: $(STAMP)
 
 # The embedded leg, then (where java and mvn exist) the Apache Kafka legs: see .ci/test-legs.
 test: $(STAMP)
+	bash .ci/install-system-packages
 	$(BIN)/ruff check .
 	bash .ci/test-legs
 
