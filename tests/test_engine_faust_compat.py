@@ -189,7 +189,9 @@ async def test_the_fetch_wait_we_shorten_is_set_on_the_running_consumer(worker: 
     consumer = faust_compat.aiokafka_consumer(worker.app)
     assert isinstance(consumer, AIOKafkaConsumer)
     assert {tp.topic for tp in consumer.assignment()} >= {worker.topics.events, worker.topics.wakeups}
-    assert faust_compat.fetch_wait_ms(worker.app) == FETCH_MAX_WAIT_MS
+    # Set at start, or by the next wake-up tick when the consumer was not there yet.
+    await _until(lambda: faust_compat.fetch_wait_ms(worker.app) == FETCH_MAX_WAIT_MS,
+                 "the fetch wait was never shortened", timeout_s=10)
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -89,7 +89,6 @@ class Engine:
             clock=clock, due=self.wakeups.due, metrics=self.metrics, status=self.status,
         )
         self._flows_producer: AIOKafkaProducer | None = None
-        self._fetch_wait_set = False
         self._lag = LagWatch(self._lag_sources)
         self.metrics.on_lag(self._lag.samples)
         self._wire()
@@ -159,8 +158,10 @@ class Engine:
         self.wakeups.rebuild(table)
 
     async def _tick(self) -> None:
-        if not self._fetch_wait_set:  # the consumer may not have existed at start
-            self._fetch_wait_set = faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
+        # Checked on every tick, not once: the consumer may not exist yet at start, and a
+        # consumer Faust creates again (its thread restarted under load) starts at 1.5 s.
+        if faust_compat.fetch_wait_ms(self.app) != FETCH_MAX_WAIT_MS:
+            faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         await self.wakeups.tick()
 
     async def _flow_refused(self, record: Any, reason: str) -> None:
@@ -240,7 +241,7 @@ class Engine:
         await self.registry.start()
         await self.registry.wait_loaded()
         await self.app.start()
-        self._fetch_wait_set = faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
+        faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
         self._lag.start()
         watch = asyncio.create_task(BrokerWatch(self.settings, "processor").run())
