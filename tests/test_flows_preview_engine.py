@@ -40,7 +40,8 @@ def _split_flow() -> Flow:
     big = [{"property": "$value", "op": "gte", "value": 100}]
     return flow_from_dict({
         "id": "splits", "status": "manual",
-        "trigger": {"metric": "Placed Order", "filters": [{"property": "Channel", "op": "in", "value": ["web", "app"]}]},
+        "trigger": {"metric": "Placed Order",
+                    "filters": [{"property": "Channel", "op": "in", "value": ["web", "app"]}]},
         "profile_filters": [{"property": "country", "op": "ne", "value": "DE"}],
         "steps": [
             {"split": {"on": "event", "if": big, "then": [
@@ -153,7 +154,9 @@ def test_preview_and_engine_produce_the_same_due_records(
     event = an_event(flow, at_ms=T0 + offset_min * 60_000, metric="Viewed Page" if other_metric else None,
                      **props)
     custom: dict[str, Any] = {}
-    custom.update({k: v for k, v in (("country", country), ("Country", country), ("vip", vip)) if v is not None})
+    for name, given_value in (("country", country), ("Country", country), ("vip", vip)):
+        if given_value is not None:
+            custom[name] = given_value
     if address:
         custom["address"] = "1 Main St"
     profile = {"id": "p_1", "properties": custom}

@@ -29,11 +29,7 @@ from tests.engine_helpers import (
     wait_for,
 )
 
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """Shorter group timeouts: the embedded broker's joins take about half the session timeout."""
-    return settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+pytestmark = pytest.mark.quick_groups
 
 
 def test_queue_is_what_is_still_held_and_selections_pick_from_it() -> None:
