@@ -228,3 +228,16 @@ def _committed_events(worker: Engine) -> int:
     offsets = faust_compat.committed_offsets(worker.app)
     return sum(offsets.get(TP(worker.topics.events, p)) or 0 for p in range(worker.partitions))
 
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_monitor_is_out_of_the_per_record_sensors(worker: Engine) -> None:
+    """Faust adds its Monitor to `app.sensors` when the app starts; after `quiet_sensors` the
+    per-record hooks reach no sensor, while `app.monitor` stays for Faust's direct calls."""
+    assert worker.app.monitor is not None
+    assert worker.app.monitor not in set(worker.app.sensors)
+    before = worker.app.monitor.messages_received_total
+    processed = worker.processed
+    await produce(worker.settings, worker.topics.events, [event_bytes(event("s1"))])
+    await _until(lambda: worker.processed > processed, "the event was never processed")
+    assert worker.app.monitor.messages_received_total == before

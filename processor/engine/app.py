@@ -241,6 +241,7 @@ class Engine:
         await self.registry.start()
         await self.registry.wait_loaded()
         await self.app.start()
+        faust_compat.quiet_sensors(self.app)
         faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
         self._lag.start()
