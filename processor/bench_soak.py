@@ -158,6 +158,7 @@ class Tally:
 
     def __init__(self) -> None:
         self.last: dict[str, str] = {}
+        self.deferred: dict[str, int] = {}  # flow id -> deliveries deferred at least once
         self.done = False
 
     async def follow(self, settings: Any) -> None:
@@ -166,6 +167,8 @@ class Tally:
             value = orjson.loads(record.value)
             if value.get("type") == "delivery":
                 self.last[value["delivery_id"]] = value["outcome"]
+                if value.get("deferred"):  # written once per delivery, at its first deferral
+                    self.deferred[value["flow_id"]] = self.deferred.get(value["flow_id"], 0) + 1
 
     def terminal(self) -> int:
         return sum(1 for o in self.last.values() if o in records.TERMINAL_OUTCOMES)
@@ -231,7 +234,9 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
     missing = max(0, expected - total)
     soak.note = (f"{total:,} deliveries, {open_ + missing} not terminal, last outcome {drained_s:.0f} s "
                  f"after the last event; " + ", ".join(f"{k} {v:,}" for k, v in
-                 sorted(counts.items())) + ("" if alive else "; a worker died"))
+                 sorted(counts.items())) + ("" if alive else "; a worker died")
+                 + f"; deferred by the breaker: flaky {tally.deferred.get('soak-flaky', 0):,}, "
+                 f"down {tally.deferred.get('soak-down', 0):,}")
     if open_ or missing or not alive:
         soak.note = "incomplete: " + soak.note
     return [quiet, soak]

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from processor.dispatch.bounded import make_room
+
 DEFAULT_THRESHOLD = 5
 DEFAULT_COOLDOWN_MS = 5_000
+# Destinations whose breakers are kept; beyond it, closed breakers without failures are
+# forgotten first (a new one is the same), then the oldest (see `bounded`).
+DEFAULT_CAPACITY = 10_000
 
 __all__ = ["Breaker", "Breakers"]
 
@@ -28,6 +33,11 @@ class Breaker:
     @property
     def is_open(self) -> bool:
         return self.opened_at_ms is not None
+
+    @property
+    def at_rest(self) -> bool:
+        """Closed with no failure counted: the same as a breaker made afresh."""
+        return self.opened_at_ms is None and self.failures == 0 and not self.probing
 
     def allow(self, now_ms: int) -> bool:
         """May a request go out now? (Claims the single probe slot when half-open.)"""
@@ -56,14 +66,20 @@ class Breaker:
 
 @dataclass
 class Breakers:
-    """One breaker per destination key, created on first use."""
+    """One breaker per destination key, created on first use; at most `capacity` kept."""
 
     threshold: int = DEFAULT_THRESHOLD
     cooldown_ms: int = DEFAULT_COOLDOWN_MS
     by_key: dict[str, Breaker] = field(default_factory=dict)
+    capacity: int = DEFAULT_CAPACITY
 
     def get(self, key: str) -> Breaker:
         breaker = self.by_key.get(key)
         if breaker is None:
+            make_room(self.by_key, self.capacity, _at_rest)
             breaker = self.by_key[key] = Breaker(self.threshold, self.cooldown_ms)
         return breaker
+
+
+def _at_rest(breaker: Breaker) -> bool:
+    return breaker.at_rest

@@ -13,7 +13,6 @@ import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from processor import constants as c
 from processor.clock import now_ms
 from processor.dispatch import address_policy, signing
 from processor.dispatch import secrets as secret_store
+from processor.dispatch.attempt import Attempt, Prepared
 from processor.dispatch.retry_policy import FailureKind, classify_status, parse_retry_after_ms
 
 USER_AGENT = c.USER_AGENT_PREFIX + processor.__version__
@@ -45,39 +45,6 @@ __all__ = [
     "prepare",
     "send",
 ]
-
-
-# Attempt and Prepared are made once per delivery: plain slotted dataclasses, because a
-# frozen one's __init__ sets every field through object.__setattr__ (about 0.7 µs more each).
-@dataclass(slots=True)
-class Attempt:
-    """What one attempt came to; `failure` is None when it was delivered (2xx). Not mutated."""
-
-    failure: FailureKind | None
-    http_status: int | None = None
-    latency_ms: float | None = None
-    error: str | None = None
-    response_excerpt: str | None = None
-    sent_at_ms: int | None = None
-    finished_at_ms: int | None = None
-    retry_after_ms: int | None = None
-
-    @property
-    def delivered(self) -> bool:
-        return self.failure is None
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A request ready to go; `secret_values` are only kept to mask error texts. Not mutated."""
-
-    method: str
-    url: str
-    headers: dict[str, str] = field(repr=False)  # may hold resolved secrets
-    body: bytes = field(repr=False)
-    destination: str = ""
-    timeout_ms: int = 0
-    secret_values: list[str] = field(default_factory=list, repr=False)
 
 
 class RequestRefused(Exception):

@@ -394,6 +394,7 @@ class Dispatcher:
         except RequestRefused as refused:
             return outcomes.after_attempt(self.topics, due, refused.attempt, self.rng)
         except SecretMissing as missing:
+            self.metrics.secret_missing.add((missing.name,))
             return self._defer(due, f"secret {missing.name} is not set", self.deferrals.secret_wait_ms(due),
                                key=f"secret:{missing.name}")
         rate = due["options"].get("rate_limit")
@@ -442,6 +443,10 @@ class Dispatcher:
         return [await self.producer.send(o.topic, o.value, key=o.key) for o in outputs]
 
     def retry_produced(self, outputs: list[Output]) -> None:
+        """Burst mode only: remember the retries produced until they come back. (Not kept
+        otherwise: another dispatcher may consume them, and the set would only grow.)"""
+        if self.options.drain_idle_s is None:
+            return
         for output in outputs:
             if output.topic.startswith(self._retry_prefix):
                 due = orjson.loads(output.value)

@@ -37,6 +37,7 @@ METRIC_NAMES: Final = (
     "flowhook_requests_in_flight",
     "flowhook_retry_tier_depth",
     "flowhook_breaker_open",
+    "flowhook_secret_missing_total",
     "flowhook_consumer_lag",
     "flowhook_invalid_records_total",
     "flowhook_flows_refused",
@@ -147,6 +148,11 @@ class WorkerMetrics:
         self._breakers: Callable[[], Iterable[tuple[Labels, float]]] = _nothing
         self._gauge("flowhook_breaker_open", "1 while the destination's circuit breaker is open",
                     ["destination"], lambda: self._breakers())
+        # Labelled by the secret's NAME (FLOWHOOK_SECRET_<NAME>); a value is never known here.
+        self.secret_missing = self._tally(
+            "flowhook_secret_missing_total", "Tries deferred because a secret they need is not set, by name",
+            ["secret"],
+        )
         self._retry_depth: Callable[[], Iterable[tuple[Labels, float]]] = _nothing
         self._gauge("flowhook_retry_tier_depth",
                     "Retries waiting in each tier (not yet fetched, or fetched and not yet due)",
