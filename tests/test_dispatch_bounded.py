@@ -71,7 +71,8 @@ def test_retries_produced_are_only_tracked_in_burst_mode(settings: Settings) -> 
 
 def test_outcomes_and_decisions_import_no_http_or_kafka_client() -> None:
     """The pure stages stay apart from aiohttp and aiokafka (issue 9 point 5)."""
-    code = ("import sys, processor.dispatch.outcomes, processor.dispatch.attempt;"
+    code = ("import sys, processor.dispatch.outcomes, processor.dispatch.decide, processor.dispatch.decode,"
+            " processor.dispatch.request, processor.dispatch.attempt;"
             "print(sorted(m for m in ('aiohttp', 'aiokafka') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
