@@ -71,6 +71,11 @@ class Breaker:
 
     def success(self) -> None:
         """A request got a response that says the destination is up."""
+        if self.recent == 0 and self.opened_at_ms is None and not self.probing:
+            # The common case: nothing failed lately, so only the count of requests seen moves.
+            if self.seen < 4 * self.threshold:
+                self.seen += 1
+            return
         self.failures = 0
         self.opened_at_ms = None
         self.probing = False

@@ -445,9 +445,12 @@ async def run_dispatcher(
         concurrency=2 * options.concurrency,
         per_destination=options.per_destination,
     )
-    # linger 5 ms (make_producer) batches results; the partitioner is the same murmur2, faster.
+    # The partitioner is the same murmur2 as aiokafka's, faster.
     # Batches are kept through an outage (OUTAGE_RIDE_MS), not failed after 40 s.
-    core.producer = make_producer(settings, partitioner=KeyPartitioner(), request_timeout_ms=OUTAGE_RIDE_MS)
+    # linger 20 ms: what waits is only the ack that lets an offset be committed (the request
+    # has gone out already), and fewer, larger produce requests cost less CPU per delivery.
+    core.producer = make_producer(settings, partitioner=KeyPartitioner(), request_timeout_ms=OUTAGE_RIDE_MS,
+                                  linger_ms=20)
     lanes = core.lanes = [
         Lane(core, "first", [settings.topics.webhooks], delayed=False),
         Lane(core, "retry", settings.topics.retry_tiers, delayed=True),
