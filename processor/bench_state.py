@@ -94,10 +94,11 @@ async def _bench_events(bench: Bench, settings: Settings, worker: WorkerProcess,
     already = await _count_webhooks(settings)
     since_ms = now_ms()
     await bench.produce_events(settings, run)
+    window = bench.cpu_window({"processor": [worker]})
     stamps = await count_records(settings, settings.topics.webhooks, already + expect, _deadline(expect),
-                                 alive=lambda: worker.alive)
+                                 alive=lambda: worker.alive, window=window)
     # Records come in partition order, not time order: keep those written after this step began.
-    return stage_from_stamps(name, [s for s in stamps if s >= since_ms], expect)
+    return stage_from_stamps(name, stamps, expect, window, since_ms=since_ms)
 
 
 async def _count_webhooks(settings: Settings) -> int:
@@ -106,10 +107,12 @@ async def _count_webhooks(settings: Settings) -> int:
 
 async def _fill(bench: Bench, settings: Settings, worker: WorkerProcess, profiles: int) -> StageResult:
     await produce_signups(settings, profiles)
+    window = bench.cpu_window({"processor": [worker]})
     stamps = await count_records(settings, settings.topics.results, profiles, _deadline(profiles),
                                  accept=lambda v: b'"entered"' in v and b"bench-waiting" in v,
-                                 alive=lambda: worker.alive)
-    result = stage_from_stamps(f"fill: {profiles:,} profiles, each waiting on a delay", stamps, profiles)
+                                 alive=lambda: worker.alive, window=window)
+    result = stage_from_stamps(f"fill: {profiles:,} profiles, each waiting on a delay", stamps, profiles,
+                               window)
     result.rss_mb = {"processor": _peak_rss_mb(worker)}
     return result
 
