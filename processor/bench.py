@@ -80,9 +80,12 @@ class StageResult:
     latencies_ms: list[float] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
     note: str = ""
-    broker_cpu_s: float | None = None  # CPU time the broker process(es) used during the stage
+    # CPU seconds the broker process(es) used over the whole stage, start-up included (on a
+    # stage's first result); `cpu_s` has the broker's share of the measuring window.
+    broker_cpu_s: float | None = None
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per role in the measuring window
     cpu_records: int = 0  # records delivered inside that window
+    phases_s: dict[str, float | None] = field(default_factory=dict)  # restart: seconds to each phase
 
     @property
     def rate(self) -> float | None:
@@ -110,6 +113,7 @@ class StageResult:
             "cpu_us_per_record": self.cpu_us,
             "cpu_us_total": pipeline_total_us(self.cpu_us),
             "cpu_records": self.cpu_records,
+            **({"phases_s": self.phases_s} if self.phases_s else {}),
             "note": self.note,
         }
 

@@ -25,7 +25,7 @@ def print_report(config: BenchConfig, results: list[StageResult]) -> None:
                         f"concurrency {config.concurrency}, {config.partitions} partitions, "
                         f"{config.store} store, {_broker_name(config)}")
     for column in ("stage", "records", "seconds", "per second", "× raw HTTP", "× plain agent",
-                   "p50", "p95", "p99", "peak RSS", "broker CPU", "note"):
+                   "p50", "p95", "p99", "peak RSS", "note"):
         table.add_column(column, justify="left" if column in ("stage", "note") else "right")
     for result in results:
         p = result.as_dict()
@@ -40,7 +40,6 @@ def print_report(config: BenchConfig, results: list[StageResult]) -> None:
             _fmt(p["p95_ms"], " ms"),
             _fmt(p["p99_ms"], " ms"),
             ", ".join(f"{role} {mb:.0f} MiB" for role, mb in result.rss_mb.items()),
-            "" if result.broker_cpu_s is None else f"{result.broker_cpu_s:.1f} s",
             result.note,
         )
     console = Console()

@@ -75,7 +75,7 @@ async def wait_for_members(workers: list[WorkerProcess], partitions: int) -> boo
     in_a_row = 0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
         while time.monotonic() < deadline and all(w.alive for w in workers):
-            bodies = [await _readyz(session, w) for w in workers]
+            bodies = [await readyz(session, w) for w in workers]
             in_a_row = in_a_row + 1 if settled(bodies, partitions) else 0
             if in_a_row >= 2:
                 return True
@@ -98,7 +98,7 @@ def settled(bodies: list[dict[str, Any] | None], partitions: int) -> bool:
     return owned == {"processor": partitions, "dispatcher": partitions}
 
 
-async def _readyz(session: aiohttp.ClientSession, worker: WorkerProcess) -> dict[str, Any] | None:
+async def readyz(session: aiohttp.ClientSession, worker: WorkerProcess) -> dict[str, Any] | None:
     """A worker's /readyz body; None while it does not answer yet."""
     try:
         async with session.get(f"http://127.0.0.1:{worker.settings.metrics_port}/readyz") as response:
