@@ -322,7 +322,7 @@ class Bench:
         result.rss_mb = {w.role: max(_peak_rss_mb(x) for x in workers if x.role == w.role) for w in workers}
         notes = [f"produced at {rate:.0f}/s"] if rate else []
         if stats["total"] > stats["bench"]:
-            notes.append(f"{stats['total'] - stats['bench']} repeated requests")
+            notes.append(f"{stats['total'] - stats['bench']} repeated or warm-up requests")
         result.note = "; ".join(notes)
         return result
 
