@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -303,8 +304,7 @@ class Bench:
                                                    "half", rate / 2))
             return results
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_all(workers)
 
     async def e2e_pass(self, settings: Settings, workers: list[WorkerProcess], name: str, run: str,
                        rate: float | None) -> StageResult:
@@ -450,6 +450,23 @@ def _popen(worker: WorkerProcess, command: list[str]) -> subprocess.Popen[bytes]
     env = {**os.environ, **worker.settings.as_env()}
     with worker.log_path.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_all(workers: list[WorkerProcess], grace_s: float = 15.0) -> None:
+    """SIGTERM to every worker at once, then wait for each (SIGKILL after `grace_s`): their
+    shutdowns overlap instead of adding up."""
+    for worker in workers:
+        if worker.alive:
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        if worker.process is None:
+            continue
+        try:
+            worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
 
 
 def _pid(process: Any) -> int:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import click
 
+from processor.bench import stop_all
 from processor.broker import free_port
 
 if TYPE_CHECKING:
@@ -63,8 +64,7 @@ async def scale_run(bench: Bench, partitions: int, n: int) -> StageResult:
                                                                 "fall inside the measurement"]))
         return result
     finally:
-        for worker in workers:
-            worker.stop()
+        stop_all(workers)
 
 
 async def wait_for_members(workers: list[WorkerProcess], partitions: int) -> bool:
