@@ -519,7 +519,8 @@ def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import socket
 
-    deadline = time.monotonic() + 15
+    # Generous: on a machine shared with other test suites, importing aiohttp alone has taken 15 s.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
