@@ -580,8 +580,10 @@ def run_bench(config: BenchConfig, as_json: bool = False) -> int:
         workdir = Path(tmp)
         port = free_port()
         receiver = start_receiver_process(port)
-        broker = None if config.brokers else _start_broker(config, workdir)
+        broker = None
         try:
+            # Inside the try: a broker that fails to start must not leave the receiver running.
+            broker = None if config.brokers else _start_broker(config, workdir)
             brokers = broker.bootstrap if broker is not None else str(config.brokers)
             pids = tuple(broker.pids()) if broker is not None else ()
             results = _run(Bench(config, brokers, workdir, port, pids, receiver_pid=receiver.pid))
