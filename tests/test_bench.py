@@ -17,7 +17,7 @@ EVERY_STAGE = "raw,agent,processor,dispatcher,e2e,half,state"
 SOAK = "soak"
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_bench_smoke_runs_every_stage() -> None:
     """Every stage of a 300-event bench completes all its records and reports a rate and the
     CPU per record of its processes (on the Kafka legs: `bench --kafka`, with the Kafka node
@@ -31,7 +31,7 @@ def test_bench_smoke_runs_every_stage() -> None:
         [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
          "--concurrency", "16", "--partitions", "2", "--stages", stages, "--state-profiles", "400",
          "--soak-events", "200", "--soak-seconds", "2", "--json", *(["--kafka"] if on_kafka else [])],
-        capture_output=True, timeout=290, env=env,
+        capture_output=True, timeout=590, env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:] + done.stdout.decode()[-3000:]
     report = orjson.loads(done.stdout)
