@@ -282,7 +282,10 @@ class Bench:
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
-        worker = self.worker("dispatcher", settings)
+        # The same concurrency as the raw HTTP baseline: one destination, so the dispatcher's
+        # per-destination limit (default 32) would otherwise cap it at a fraction of it.
+        limit = str(self.config.concurrency)
+        worker = self.worker("dispatcher", settings, "--concurrency", limit, "--per-destination", limit)
         return await self._count_outputs("dispatcher", settings, settings.topics.results, worker.start,
                                          accept=lambda v: b'"outcome":"delivered"' in v, role="dispatcher")
 

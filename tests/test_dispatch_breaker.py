@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 from processor.dispatch.breaker import Breaker, Breakers
+from processor.dispatch.deferrals import BREAKER_WAIT_MAX_MS, Deferrals
 from processor.dispatch.ratelimit import RateLimiter
 
 
@@ -33,6 +36,17 @@ def test_half_open_lets_one_probe_and_its_result_decides() -> None:
     assert breaker.allow(2_003) and breaker.allow(2_004)
 
 
+def test_a_chance_run_of_failures_at_a_mostly_healthy_destination_does_not_open() -> None:
+    """Five failures in a row after fifteen successes: most of the window answered, so the
+    circuit stays closed; once most of the window fails it opens at the next failure."""
+    breaker = Breaker(threshold=5, cooldown_ms=1_000)
+    for _ in range(15):
+        breaker.success()
+    assert not any(breaker.failure(0) for _ in range(5)) and breaker.allow(1)
+    opened = [breaker.failure(0) for _ in range(5)]
+    assert opened == [False] * 4 + [True]  # 10 of the last 20 failed
+
+
 def test_breakers_are_per_destination() -> None:
     """One destination's open circuit does not affect another."""
     breakers = Breakers(threshold=1)
@@ -46,3 +60,14 @@ def test_rate_limiter_spaces_requests() -> None:
     waits = [limiter.reserve(now=5.0) for _ in range(3)]
     assert [round(w, 3) for w in waits] == [0.0, 0.1, 0.2]
     assert limiter.reserve(now=10.0) == 0.0
+
+
+def test_a_delivery_deferred_again_waits_twice_as_long_each_time() -> None:
+    """Open for 1 s: the first deferral waits for the probe, later ones 2 s, 4 s, … up to a
+    minute (plus up to 20% jitter), so a destination that stays down is asked less often."""
+    breaker = Breaker(threshold=1, cooldown_ms=1_000)
+    breaker.failure(0)
+    deferrals = Deferrals(random.Random(1))
+    waits = [deferrals.breaker_wait_ms(breaker, 500, deferred) for deferred in range(8)]
+    floors = [500, 2_000, 4_000, 8_000, 16_000, 32_000, BREAKER_WAIT_MAX_MS, BREAKER_WAIT_MAX_MS]
+    assert all(floor <= wait <= floor * 1.2 for wait, floor in zip(waits, floors, strict=True)), waits
