@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import random
-
 from processor.dispatch.breaker import Breaker, Breakers
-from processor.dispatch.deferrals import BREAKER_WAIT_MAX_MS, Deferrals
 from processor.dispatch.ratelimit import RateLimiter
 
 
@@ -60,14 +57,3 @@ def test_rate_limiter_spaces_requests() -> None:
     waits = [limiter.reserve(now=5.0) for _ in range(3)]
     assert [round(w, 3) for w in waits] == [0.0, 0.1, 0.2]
     assert limiter.reserve(now=10.0) == 0.0
-
-
-def test_a_delivery_deferred_again_waits_twice_as_long_each_time() -> None:
-    """Open for 1 s: the first deferral waits for the probe, later ones 2 s, 4 s, … up to a
-    minute (plus up to 20% jitter), so a destination that stays down is asked less often."""
-    breaker = Breaker(threshold=1, cooldown_ms=1_000)
-    breaker.failure(0)
-    deferrals = Deferrals(random.Random(1))
-    waits = [deferrals.breaker_wait_ms(breaker, 500, deferred) for deferred in range(8)]
-    floors = [500, 2_000, 4_000, 8_000, 16_000, 32_000, BREAKER_WAIT_MAX_MS, BREAKER_WAIT_MAX_MS]
-    assert all(floor <= wait <= floor * 1.2 for wait, floor in zip(waits, floors, strict=True)), waits

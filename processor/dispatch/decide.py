@@ -69,7 +69,7 @@ class Decider:
         breaker = self.breakers.get(destination)
         if breaker.allow(now):
             return None
-        wait = self.deferrals.breaker_wait_ms(breaker, now, int(due.get("deferrals") or 0))
+        wait = self.deferrals.breaker_wait_ms(breaker, now)
         return self._defer(due, f"circuit open for {destination}", wait, now, key="circuit_open")
 
     def abandoned(self, destination: str) -> None:

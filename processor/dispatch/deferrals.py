@@ -2,12 +2,7 @@
 
 A deferred try is not an attempt (SPEC §3): it spends no retry, only time. Two causes:
 - an open circuit: the try waits until the breaker lets a probe through again (plus jitter,
-  so the deferred tries do not all come back at the same moment); a delivery deferred again
-  waits twice as long each time (twice the open time, four times, ... up to
-  BREAKER_WAIT_MAX_MS), so a destination that stays down is not asked about every few
-  seconds by each of its deliveries: in the soak (open time 5 s, `max_age` 60 s) each
-  delivery to the down destination was otherwise deferred about twelve times, each a record
-  written to a retry tier and read back, instead of about four;
+  so the deferred tries do not all come back at the same moment);
 - a secret the request needs is not set (the operator's error): the try waits 5 s, then
   twice as long each time, up to SECRET_WAIT_MAX_MS, until the secret is set (the dispatcher
   restarted with it) or `max_age` ends the delivery.
@@ -32,7 +27,6 @@ __all__ = ["Deferrals"]
 SECRET_WAIT_FIRST_MS: Final = 5_000
 SECRET_WAIT_MAX_MS: Final = 60_000
 MIN_WAIT_MS: Final = 100
-BREAKER_WAIT_MAX_MS: Final = 60_000
 LOG_EVERY_S: Final = 60.0
 JITTER: Final = 0.2
 
@@ -45,15 +39,11 @@ class Deferrals:
         self.counts: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
 
-    def breaker_wait_ms(self, breaker: Breaker, now_ms: int, deferrals: int = 0) -> int:
-        """Until the circuit lets a probe through again, at least a fifth of its open time;
-        for a delivery deferred `deferrals` times already, at least its open time doubled
-        that often (up to BREAKER_WAIT_MAX_MS)."""
+    def breaker_wait_ms(self, breaker: Breaker, now_ms: int) -> int:
+        """Until the circuit lets a probe through again, at least a fifth of its open time."""
         opened = breaker.opened_at_ms if breaker.opened_at_ms is not None else now_ms
         remaining = opened + breaker.cooldown_ms - now_ms
         base = max(remaining, breaker.cooldown_ms // 5, MIN_WAIT_MS)
-        if deferrals > 0:
-            base = max(base, min(breaker.cooldown_ms * 2 ** min(deferrals, 16), BREAKER_WAIT_MAX_MS))
         return int(base * (1 + self.rng.uniform(0, JITTER)))
 
     def secret_wait_ms(self, due: dict[str, Any]) -> int:
