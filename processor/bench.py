@@ -433,6 +433,9 @@ async def count_records(
     return stamps
 
 
+NO_CPU_NOTE = "CPU per record not measured: every output was written before the window opened"
+
+
 def stage_from_stamps(name: str, stamps: list[int], expected: int, window: CpuWindow | None = None,
                       since_ms: int = 0) -> StageResult:
     """A stage's rate between its first and last output record (start-up is not counted);
@@ -443,7 +446,11 @@ def stage_from_stamps(name: str, stamps: list[int], expected: int, window: CpuWi
     note = "" if len(stamps) >= expected else "incomplete: see the worker log"
     result = StageResult(name, len(stamps), span or None, note=note)
     if window is not None and window.is_open:
-        result.add_cpu(window, records_after(stamps, window.opened_at_ms))
+        inside = records_after(stamps, window.opened_at_ms)
+        if inside:
+            result.add_cpu(window, inside)
+        else:  # a small, fast stage: its outputs all came in the fetch that opened the window
+            result.note = "; ".join(filter(None, [note, NO_CPU_NOTE]))
     return result
 
 

@@ -9,6 +9,7 @@ import sys
 import orjson
 import pytest
 
+from processor.bench import NO_CPU_NOTE
 from tests.conftest import test_broker_choice
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -58,8 +59,10 @@ def test_bench_smoke_runs_every_stage() -> None:
     roles = {name: set(stage["cpu_us_per_record"]) for name, stage in stages.items()}
     assert roles["raw HTTP (aiohttp client)"] == {"client", "receiver"}
     assert roles["plain Faust agent (baseline)"] == {"agent", "broker", "driver"}
-    assert roles["processor"] == {"processor", "broker", "driver"}
-    assert roles["dispatcher"] == {"dispatcher", "broker", "receiver", "driver"}
+    # A worker stage this small may write every output before the window opens; then it says so.
+    for name, expected in (("processor", {"processor", "broker", "driver"}),
+                           ("dispatcher", {"dispatcher", "broker", "receiver", "driver"})):
+        assert roles[name] == expected or (not roles[name] and NO_CPU_NOTE in stages[name]["note"])
     for name in ("end to end", "end to end at half that rate"):
         assert roles[name] == {"processor", "dispatcher", "broker", "receiver", "driver"}
         assert stages[name]["cpu_records"] == 300 and stages[name]["cpu_us_total"] > 0
