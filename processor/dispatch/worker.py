@@ -51,7 +51,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from processor import constants as c
-from processor import outage, records, strict_json
+from processor import outage, strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch import outcomes
 from processor.dispatch.breaker import DEFAULT_COOLDOWN_MS, DEFAULT_THRESHOLD, Breakers
@@ -65,7 +65,6 @@ from processor.dispatch.delivery import (
     prepare,
     send,
 )
-from processor.dispatch.due_check import implausible, looks_usable
 from processor.dispatch.outcomes import Output
 from processor.dispatch.pool import DestinationPool
 from processor.dispatch.ratelimit import RateLimiters
@@ -87,6 +86,8 @@ from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.outage import OUTAGE_RIDE_MS, BrokerWatch
 from processor.partitioner import KeyPartitioner
+from processor.records.due import decode_due
+from processor.records.types import WebhookDue
 from processor.settings import Settings
 
 log = get_logger(__name__)
@@ -142,43 +143,36 @@ class PartitionOffsets:
         return len(self._pending)
 
 
-def decode(record: ConsumerRecord) -> tuple[dict[str, Any] | None, str | None]:
+def decode(record: ConsumerRecord) -> tuple[WebhookDue | None, str | None]:
     """(webhook-due record, None) or (None, why it cannot be used)."""
     try:
-        # No limit on string length: a webhook-due record's body is one long string.
-        due = strict_json.loads(record.value, max_string_bytes=None)
+        return decode_due(record.value, now_ms()), None
     except strict_json.NotUsable as exc:
         return None, str(exc)
-    if looks_usable(due):  # the hot path: a cheap check instead of the full schema validator
-        absurd = implausible(due, now_ms())
-        return (due, None) if absurd is None else (None, f"not a usable webhook-due record: {absurd}")
-    # Only for a record the cheap check refuses: the schema's reason, or the check's own.
-    error = records.validation_error("webhook", due) or "an id is not exactly of its pattern"
-    return None, f"not a webhook-due record: {error}"
 
 
-def not_before_ms(due: dict[str, Any] | None) -> int:
+def not_before_ms(due: WebhookDue | None) -> int:
     """When a retry may be sent (0: now)."""
-    if not due or not due.get("not_before"):
+    if not due or not due.not_before:
         return 0
     try:
-        return parse_iso_ms(due["not_before"])
+        return parse_iso_ms(due.not_before)  # type: ignore[arg-type]
     except ValueError:
         return 0
 
 
-def destination_of(due: dict[str, Any] | None) -> str | None:
+def destination_of(due: WebhookDue | None) -> str | None:
     """The queue of a record: its destination (host:port), or None when nothing is sent."""
-    if due is None or due["mode"] != "send":
+    if due is None or due.mode != "send":
         return None
     try:
-        return destination_key(due["request"]["url"])
+        return destination_key(due.request.url)
     except ValueError:  # prepare() refuses it with the reason
         return None
 
 
 # A fetched record: (not before, epoch ms; record; decoded due record or None; why not usable)
-Buffered = tuple[int, ConsumerRecord, dict[str, Any] | None, str | None]
+Buffered = tuple[int, ConsumerRecord, WebhookDue | None, str | None]
 
 
 @dataclass(slots=True)
@@ -189,7 +183,7 @@ class Work:
     tp: TopicPartition
     tracker: PartitionOffsets
     record: ConsumerRecord
-    due: dict[str, Any] | None
+    due: WebhookDue | None
     reason: str | None  # why the record cannot be used, when `due` is None
 
 
@@ -267,7 +261,7 @@ class Dispatcher:
 
     def _skip(self, work: Work) -> None:
         self.attempts.skipped += 1
-        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due["attempt"])
+        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due.attempt)
         work.tracker.finish(work.record.offset)
         work.lane.release()
         work.lane.last_activity = time.monotonic()
@@ -310,7 +304,7 @@ class Dispatcher:
         """Metrics of what was written: one delivery count per result record (one dict update)."""
         for output in outputs:
             if output.outcome is not None and work.due is not None:
-                self.metrics.deliveries.add((work.due["flow_id"], work.due["step_id"], output.outcome))
+                self.metrics.deliveries.add((work.due.flow_id, work.due.step_id, output.outcome))
 
     def readiness(self) -> Readiness:
         """Ready once started, with partitions of every lane assigned."""
@@ -361,7 +355,7 @@ class Dispatcher:
     async def outputs_for(
         self,
         record: ConsumerRecord,
-        due: dict[str, Any] | None,
+        due: WebhookDue | None,
         reason: str | None,
         window: asyncio.Semaphore,
     ) -> list[Output]:
@@ -375,11 +369,11 @@ class Dispatcher:
                 or await self._attempt_outputs(due, window)
             )
         except Exception as exc:  # a bug must not turn one record into a crash loop (poison pill)
-            log.exception("delivery_crashed", delivery_id=due["delivery_id"])
+            log.exception("delivery_crashed", delivery_id=due.delivery_id)
             error = f"internal error: {type(exc).__name__}"  # the type only: a message might hold a secret
             return [outcomes.result_output(self.topics, due, "invalid", error=error)]
 
-    async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
+    async def _attempt_outputs(self, due: WebhookDue, window: asyncio.Semaphore) -> list[Output]:
         """Rate limit, then the breaker, then an in-flight slot, then send.
 
         Runs in one of the destination's workers (at most `per_destination` of them), so a
@@ -396,7 +390,7 @@ class Dispatcher:
         except SecretMissing as missing:
             return self._defer(due, f"secret {missing.name} is not set", self.deferrals.secret_wait_ms(due),
                                key=f"secret:{missing.name}")
-        rate = due["options"].get("rate_limit")
+        rate = due.options.rate_limit
         if rate:
             await self.rate_limits.acquire(prepared.destination, rate)
         breaker = self.breakers.get(prepared.destination)
@@ -419,12 +413,12 @@ class Dispatcher:
             metrics.delivery_seconds.observe(attempt.latency_ms / 1000)
         self._update_breaker(prepared.destination, attempt)
         if attempt.failure is not None:
-            log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
+            log.debug("attempt_failed", delivery_id=due.delivery_id, error=attempt.error)
         return outcomes.after_attempt(self.topics, due, attempt, self.rng)
 
-    def _defer(self, due: dict[str, Any], reason: str, wait_ms: int, *, key: str) -> list[Output]:
+    def _defer(self, due: WebhookDue, reason: str, wait_ms: int, *, key: str) -> list[Output]:
         """A try not made: counted and logged (by secret name, never value), then re-queued."""
-        self.deferrals.count(key, due["delivery_id"], reason)
+        self.deferrals.count(key, due.delivery_id, reason)
         return outcomes.deferred(self.topics, due, reason=reason, wait_ms=wait_ms, now=now_ms())
 
     def _update_breaker(self, destination: str, attempt: Attempt) -> None:
@@ -634,7 +628,7 @@ class Lane:
             tracker.add(record.offset)
             due, reason = decode(record)
             if due is not None:
-                self.core.outstanding_retries.discard((due["delivery_id"], due["attempt"]))
+                self.core.outstanding_retries.discard((due.delivery_id, due.attempt))
             buffer.append((not_before_ms(due), record, due, reason))
         if tp in self.consumer.assignment():
             self.consumer.pause(tp)  # hold the partition until its head is due

@@ -28,13 +28,12 @@ from types import SimpleNamespace
 from typing import Any, Final
 
 import faust
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.streams import _current_event
 from faust.types import TP
 
 from processor import constants as c
-from processor import topic_plan
+from processor import records, topic_plan
 from processor.clock import iso, now_ms
 from processor.engine.batch import Input, Topics, Write, process_batch
 from processor.engine.core import RecordKind, unscheduled_dates
@@ -287,7 +286,7 @@ class Engine:
 
     async def _flow_refused(self, record: Any, reason: str) -> None:
         """A flow record the registry refused: copied aside like any unusable input."""
-        value = orjson.dumps(invalid_copy(record, reason))
+        value = records.encode(invalid_copy(record, reason))
         try:
             if self._flows_producer is None:  # flows are read before Faust's producer exists; rare
                 self._flows_producer = make_producer(self.settings)
@@ -319,7 +318,7 @@ class Engine:
         if not self._fetch_wait_set:
             self._fetch_wait_set = shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         for profile_id, partition, due_ms, reason in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
-            value = orjson.dumps({"profile_id": profile_id, "due_at": iso(due_ms), "reason": reason})
+            value = records.encode(records.WakeUp(profile_id=profile_id, due_at=iso(due_ms), reason=reason))
             await self.app.producer.send(
                 self.topics.wakeups, profile_id.encode(), value, partition, None, None
             )
