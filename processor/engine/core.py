@@ -166,17 +166,6 @@ _HANDLERS = {"event": handle_event, "profile": handle_profile_update, "wakeup": 
 # --- profile ---------------------------------------------------------------------------
 
 
-def profile_key(profile: dict[str, Any]) -> str | None:
-    """The profile id a record belongs to: its `id`, else its lower-cased email."""
-    pid = profile.get("id")
-    if isinstance(pid, str) and pid:
-        return pid
-    email = profile.get("email")
-    if isinstance(email, str) and email:
-        return email.strip().lower()
-    return None
-
-
 def merge_profile(stored: dict[str, Any], incoming: dict[str, Any]) -> None:
     """Merge profile fields field by field; custom `properties` merge key by key."""
     for name, value in incoming.items():

@@ -22,12 +22,13 @@ from urllib.parse import quote
 
 import orjson
 
+from processor import records
+from processor.basics import SECRET_TAG
 from processor.flows import templates as t
 from processor.flows import values
 from processor.flows.model import Flow, WebhookStep
 
 CACHE_SIZE: Final = 4096
-SECRET_TAG: Final = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -44,15 +45,15 @@ class RenderedRequest:
     error: str | None = None
 
     def as_record(self) -> dict[str, Any]:
-        """The `request` object of a webhook-due record (docs/internals.md)."""
-        return {
-            "method": self.method,
-            "url": self.url,
-            "headers": dict(self.headers),
-            "secret_headers": dict(self.secret_headers),
-            "body": self.body,
-            "signing_secrets": list(self.signing_secrets),
-        }
+        """The `request` object of a webhook-due record (`records.Request`), as its JSON value."""
+        return records.as_dict(records.Request(
+            method=self.method,  # type: ignore[arg-type]
+            url=self.url,
+            headers=dict(self.headers),
+            secret_headers=dict(self.secret_headers),
+            body=self.body,
+            signing_secrets=list(self.signing_secrets),
+        ))
 
 
 @dataclass(frozen=True)
