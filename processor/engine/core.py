@@ -562,14 +562,7 @@ def webhook_due(
         metric=run.event.get("metric", ""),
         mode=mode,  # type: ignore[arg-type]
         error=rendered.error,
-        request=records.Request(
-            method=rendered.method,  # type: ignore[arg-type]
-            url=rendered.url,
-            headers=dict(rendered.headers),
-            secret_headers=dict(rendered.secret_headers),
-            body=rendered.body,
-            signing_secrets=list(rendered.signing_secrets),
-        ),
+        request=rendered.request(),
         options=records.Options(
             timeout_ms=step.timeout_ms,
             retry_ms=list(step.retry_ms) if step.retry_ms is not None else None,

@@ -44,16 +44,20 @@ class RenderedRequest:
     signing_secrets: list[str] = field(default_factory=list)
     error: str | None = None
 
-    def as_record(self) -> dict[str, Any]:
-        """The `request` object of a webhook-due record (`records.Request`), as its JSON value."""
-        return records.as_dict(records.Request(
+    def request(self) -> records.Request:
+        """The `request` of a webhook-due record."""
+        return records.Request(
             method=self.method,  # type: ignore[arg-type]
             url=self.url,
             headers=dict(self.headers),
             secret_headers=dict(self.secret_headers),
             body=self.body,
             signing_secrets=list(self.signing_secrets),
-        ))
+        )
+
+    def as_record(self) -> dict[str, Any]:
+        """The `request` object of a webhook-due record, as its JSON value."""
+        return records.as_dict(self.request())
 
 
 @dataclass(frozen=True)
