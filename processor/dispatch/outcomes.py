@@ -14,7 +14,7 @@ from msgspec import UNSET
 
 from processor import records
 from processor.clock import iso, now_ms, parse_iso_ms
-from processor.dispatch.delivery import Attempt
+from processor.dispatch.attempt import Attempt
 from processor.dispatch.retry_policy import Dead, Retry, plan_retry, tier_for
 from processor.records.due import dead_copy, deferred_copy, retry_copy
 from processor.records.types import LastAttempt, WebhookDue
