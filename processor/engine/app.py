@@ -77,7 +77,7 @@ class Engine:
         self.registry.refused = self.metrics.refused
         self.app = make_app(settings)
         self.table = make_table(self.app, settings, self._catch_up, self._recovered)
-        self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock)
+        self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock, self.status.fail)
         self._kinds = self._input_kinds()
         self.placement = Placement(settings.partitions, {
             self.topics.events: self.topics.events_repartition,
@@ -141,7 +141,7 @@ class Engine:
         await changelog_tail.catch_up(self.settings, table, active_tps)
 
     def _recovered(self, table: Any, active_tps: set[TP]) -> None:
-        self.wakeups.rebuild(table)
+        self.wakeups.rebuild(table)  # in the background: ready does not wait for it
         self.status.owned = {tp.partition for tp in active_tps}
         self.status.ready = True
 
@@ -182,7 +182,8 @@ class Engine:
     def readiness(self) -> Readiness:
         """Ready once connected, with partitions assigned and their state recovered."""
         details = {"partitions": sorted(self.owned), "flows": len(self.flows),
-                   "refused_flows": dict(self.registry.refused)}
+                   "refused_flows": dict(self.registry.refused),
+                   "due_index": "rebuilding" if self.wakeups.rebuilding else "complete"}
         if self.failure is not None or self.app.crashed:
             return Readiness(False, "the engine failed", details)
         if not self.ready:

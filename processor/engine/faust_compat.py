@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Final
 
@@ -198,3 +198,29 @@ def quiet_sensors(app: faust.App) -> None:
     Checked: faust-streaming 0.15.3, faust/app/base.py `on_init_dependencies`.
     """
     app.sensors.remove(app.monitor)
+
+
+# --- Faust: reading the whole table -------------------------------------------------------
+
+
+def stored_values(table: faust.Table) -> Iterator[bytes | None]:
+    """Every value the table's store holds for this worker's active partitions, as stored
+    (bytes), for the due-index rebuild.
+
+    Why: `table.data.values()` decodes each value through Faust's serializer registry
+    (codec lookup, payload preparation) even for raw bytes; over a state of a million
+    profiles that is seconds of the rebuild. The RocksDB store's own iteration is private
+    (`_dbs_for_actives`, `_visible_values`: the active partitions' databases, without the
+    offset key). The partition databases are listed first, so a rebalance that takes one
+    out of the store's dict meanwhile does not break the iteration. The memory store is a
+    dict: its values are copied out (references only), as the agent may add profiles
+    while the rebuild runs.
+    Checked: faust-streaming 0.15.3, faust/stores/rocksdb.py `Store._dbs_for_actives`,
+    `_visible_values`; faust/stores/memory.py (a FastUserDict: `data` is the dict).
+    """
+    store = table.data
+    actives = getattr(store, "_dbs_for_actives", None)
+    if actives is None:
+        return iter(list(store.data.values()))
+    databases = list(actives())
+    return (value for db in databases for value in store._visible_values(db))  # noqa: SLF001
