@@ -29,7 +29,7 @@ from processor.engine import faust_compat
 from processor.engine.core import unscheduled_dates
 from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
-from processor.engine.state import due_of, never_due
+from processor.engine.state import due_of, due_time_of, never_due
 from processor.flows.model import Flow
 from processor.logs import get_logger
 
@@ -116,11 +116,16 @@ class WakeUps:
                  seconds=round(time.monotonic() - started, 3))
 
     def _index(self, raw: bytes | None, dated: bool, now: int) -> None:
-        if raw is None or (not dated and never_due(raw)):
-            return  # nothing of it falls due: no need to decode it (restart time)
+        if raw is None:
+            return
+        if not dated:  # the due time is all that matters
+            if not never_due(raw):  # else nothing of it falls due: no need to decode it
+                profile_id, partition, due_ms, reason = due_time_of(raw)
+                self.due.set_rebuilt(profile_id, due_ms, partition, reason)
+            return
         summary = due_of(raw)
         due_ms, reason = summary.due_ms, summary.reason
-        if dated and unscheduled_dates(summary.profile, summary.dated_flows, self.flows):
+        if unscheduled_dates(summary.profile, summary.dated_flows, self.flows):
             due_ms, reason = now, "date_property"
         self.due.set_rebuilt(summary.profile_id, due_ms, summary.partition, reason)
 
