@@ -147,6 +147,23 @@ def test_no_private_reach_outside_the_adapter() -> None:
     assert found == []
 
 
+def test_the_table_manager_start_we_replace_is_fausts_with_a_sleep() -> None:
+    """Faust's `TableManager.on_start` is a 1 s sleep, then exactly what
+    `PromptTableManager.on_start` does; the app is built with the prompt one."""
+    from faust.tables import TableManager
+
+    def body(function: Any) -> list[str]:
+        lines = inspect.getsource(function).splitlines()[1:]
+        return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()
+                and not line.strip().startswith('"""')]
+
+    fausts = body(TableManager.on_start)
+    assert fausts[0] == "await self.sleep(1.0)"
+    assert fausts[1:] == body(faust_compat.PromptTableManager.on_start)
+    settings = Settings(brokers="127.0.0.1:1", topic_prefix="t.", data_dir=Path("/nonexistent"))
+    assert make_app(settings).conf.TableManager is faust_compat.PromptTableManager
+
+
 # --- one running worker ------------------------------------------------------------------
 
 

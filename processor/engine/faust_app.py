@@ -16,6 +16,7 @@ from faust.types import TP
 
 from processor import constants as c
 from processor import topic_plan
+from processor.engine import faust_compat
 from processor.kafka import ssl_context
 from processor.settings import Settings
 from processor.topic_plan import processor_app_id
@@ -133,4 +134,6 @@ def make_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         loghandlers=[],
+        # The profile table is added before the app starts: no need for Faust's 1 s wait.
+        TableManager=faust_compat.PromptTableManager,
     )

@@ -24,6 +24,7 @@ from typing import Any, Final
 import faust
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.streams import _current_event  # private: see set_current_event
+from faust.tables import TableManager
 from faust.types import TP
 
 from processor.errors import ConfigError
@@ -224,3 +225,25 @@ def stored_values(table: faust.Table) -> Iterator[bytes | None]:
         return iter(list(store.data.values()))
     databases = list(actives())
     return (value for db in databases for value in store._visible_values(db))  # noqa: SLF001
+
+
+# --- Faust: the table manager's start -------------------------------------------------------
+
+
+class PromptTableManager(TableManager):  # type: ignore[misc]
+    """Faust's table manager without the second it waits at start.
+
+    Why: `TableManager.on_start` sleeps 1.0 s before it registers the tables' changelog
+    channels and starts recovery, so that tables an app defines late are still included.
+    The engine adds its one table when it builds the app, before it starts, so that second
+    is only part of every start and restart (about 1 s of a restart's 8 at 50,000 profiles).
+    Used through Faust's public `TableManager` setting; the body below is Faust's without
+    the sleep (`test_the_table_manager_start_we_replace_is_fausts_with_a_sleep`).
+    Checked: faust-streaming 0.15.3, faust/tables/manager.py `TableManager.on_start`,
+    `_update_channels`.
+    """
+
+    async def on_start(self) -> None:
+        if not self.should_stop:
+            await self._update_channels()  # Faust's own (private) step, as in its on_start
+            await self.recovery.start()
