@@ -36,6 +36,7 @@ from faust.types import TP
 from processor import constants as c
 from processor import topic_plan
 from processor.clock import iso, now_ms
+from processor.engine import rewind
 from processor.engine.batch import Input, Topics, Write, process_batch
 from processor.engine.core import RecordKind, unscheduled_dates
 from processor.engine.due import DueIndex
@@ -144,6 +145,7 @@ class Engine:
             self.topics.events_repartition: "event",
             self.topics.profiles_repartition: "profile",
         }
+        rewind.install(self._kinds)  # records fetched during a rebalance are not lost
         self.placement = Placement(settings.partitions, {
             self.topics.events: self.topics.events_repartition,
             self.topics.profiles: self.topics.profiles_repartition,

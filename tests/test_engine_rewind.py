@@ -1,0 +1,87 @@
+"""The processor's seek back to committed offsets also rewinds partitions with no commit
+(processor/engine/rewind.py), on a real broker.
+
+The first test pins the aiokafka behaviour the fix works around: if an upgrade changes it,
+that test fails by name and the fix can go.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from processor.engine.rewind import seek_to_committed_or_beginning
+from processor.kafka import ensure_topics
+from processor.partitioner import murmur2
+from processor.settings import Settings
+from tests.engine_helpers import produce
+
+pytestmark = pytest.mark.integration  # the bug was seen on Apache Kafka: run there too
+
+RECORDS = 10
+READ_FIRST = 6
+Held = tuple[AIOKafkaConsumer, TopicPartition, TopicPartition]  # consumer, input partition, other
+
+
+@pytest.fixture
+async def consumer(settings: Settings) -> AsyncIterator[Held]:
+    """A group consumer holding one partition of each of two topics with ten records each, having read
+    the first six of each and committed nothing yet."""
+    topics = [settings.topics.events, settings.topics.profiles]
+    await ensure_topics(settings, topics)
+    for topic in topics:
+        await produce(settings, topic, [(b"k", b"%d" % n) for n in range(RECORDS)])
+    tps = [TopicPartition(topic, _partition_of(settings)) for topic in topics]
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.brokers, group_id=f"rewind-{uuid.uuid4().hex[:8]}",
+                              enable_auto_commit=False, auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        reader.assign(tps)
+        for tp in tps:
+            await _read(reader, tp, READ_FIRST)
+        yield reader, tps[0], tps[1]
+    finally:
+        await reader.stop()
+
+
+def _partition_of(settings: Settings) -> int:
+    """The partition key b"k" goes to (aiokafka's default partitioner, as `produce` uses)."""
+    return (murmur2(b"k") & 0x7FFFFFFF) % settings.partitions
+
+
+async def _read(reader: AIOKafkaConsumer, tp: TopicPartition, count: int) -> None:
+    got = 0
+    while got < count:
+        batch = await reader.getmany(tp, timeout_ms=1000, max_records=count - got)
+        got += len(batch.get(tp, []))
+
+
+async def test_aiokafka_seek_to_committed_leaves_an_uncommitted_partition_where_it_is(
+    consumer: Held,
+) -> None:
+    reader, tp, _ = consumer
+    committed = await reader.seek_to_committed()
+    assert committed[tp] is None
+    assert await reader.position(tp) == READ_FIRST  # the six records read are skipped for good
+
+
+async def test_uncommitted_input_partitions_go_back_to_their_beginning(
+    consumer: Held,
+) -> None:
+    reader, events, other = consumer
+    await seek_to_committed_or_beginning(reader, {events.topic})
+    assert await reader.position(events) == 0
+    assert await reader.position(other) == READ_FIRST  # not an input topic here: left alone
+
+
+async def test_committed_partitions_go_back_to_their_commit(
+    consumer: Held,
+) -> None:
+    reader, events, _ = consumer
+    await reader.commit({events: 3})
+    committed = await seek_to_committed_or_beginning(reader, {events.topic})
+    assert committed[events] == 3
+    assert await reader.position(events) == 3
