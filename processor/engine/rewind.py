@@ -1,34 +1,48 @@
-"""Seeking the processor's input partitions back to their committed offsets, also where
-nothing is committed yet.
+"""Keeping Faust from skipping records of the processor's input partitions.
 
-During a rebalance Faust discards the records it fetched while its flow was stopped, then
-seeks every assigned partition back to its committed offset (`Consumer.perform_seek`, via
-the consumer thread's `seek_to_committed`). aiokafka's `seek_to_committed` only moves a
-partition whose committed offset is above 0 (`if offset and offset > 0`), so a partition
-with no commit yet (a new consumer group, a partition written to for the first time) stays
-past the discarded records and they are never processed. Seen on Apache Kafka: the first
-events of two partitions were lost when a second processor joined the group while they were
-being fetched (tests/test_crash_repeats.py, about one run in five on a loaded machine).
+Two holes in Faust's fetch path, both seen on Apache Kafka in the crash test
+(tests/test_crash_repeats.py: up to 252 of 3,001 events never processed, in about one run in
+five on a loaded machine), both closed here:
 
-The fix: after seeking to the committed offsets, seek the input partitions that have none
-to their beginning, which is what `auto_offset_reset="earliest"` means for them. Changelog
-and other internal partitions are left alone: Faust positions those itself for recovery.
+1. Seeking back to a partition without a commit. During a rebalance Faust discards records
+   it fetched while its flow was stopped, then seeks every assigned partition back to its
+   committed offset (`Consumer.perform_seek`, through the consumer thread's
+   `seek_to_committed`). aiokafka's `seek_to_committed` only moves a partition whose
+   committed offset is above 0, so a partition with no commit yet stayed past the discarded
+   records. Input partitions without a commit now go to their beginning, which is what
+   `auto_offset_reset="earliest"` means for them.
+2. Gaps taken for missing offsets. When a fetched record's offset jumps past the last one
+   read, Faust assumes the offsets between do not exist (compaction, transaction markers)
+   and counts them as acknowledged (`Consumer._add_gap`), so the commit passes them. After a
+   rebalance the fetch position can run ahead of the last offset read, and the records in
+   between were then committed unprocessed. For an input partition a gap is now checked
+   first: the partition is sought back to the first missing offset and fetched again; only
+   a gap that is still there on the second read (a real one) is counted as Faust would.
 
-Checked against faust-streaming 0.15.3 (`AIOKafkaConsumerThread.seek_to_committed` calls
-the aiokafka consumer's through `call_thread`; `_ensure_consumer` is private) and aiokafka
-0.14.0 (`AIOKafkaConsumer.seek_to_committed`). `tests/test_engine_rewind.py` pins the
-aiokafka behaviour this works around and the fix itself.
+Reaches, checked against faust-streaming 0.15.3 and aiokafka 0.14.0:
+`AIOKafkaConsumerThread.seek_to_committed` (public; calls the aiokafka consumer's through
+`call_thread`), `AIOKafkaConsumerThread._ensure_consumer`, `Consumer._add_gap`,
+`Consumer._drain_messages` and `Consumer._read_offset` (private). `tests/test_engine_rewind.py`
+pins the aiokafka and Faust behaviour this works around and the fixes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import IllegalStateError
+from faust.transport.consumer import Consumer
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["install", "seek_to_committed_or_beginning"]
+from processor.logs import get_logger
+
+log = get_logger(__name__)
+
+__all__ = ["GapCheck", "install", "seek_to_committed_or_beginning"]
+
+GAPS_REMEMBERED: Final = 10_000  # gaps read once and waiting for their second read
 
 
 async def seek_to_committed_or_beginning(
@@ -43,10 +57,43 @@ async def seek_to_committed_or_beginning(
     return committed
 
 
+class GapCheck:
+    """Which gaps were read a second time already: a gap still there then is a real one."""
+
+    def __init__(self, capacity: int = GAPS_REMEMBERED) -> None:
+        self.capacity = capacity
+        self._read_once: dict[tuple[Any, int], None] = {}  # (partition, first missing offset)
+
+    def read_again(self, tp: Any, first_missing: int) -> bool:
+        """True the first time a gap starting at `first_missing` shows on `tp`: fetch it again."""
+        key = (tp, first_missing)
+        if key in self._read_once:
+            del self._read_once[key]
+            return False
+        self._read_once[key] = None
+        while len(self._read_once) > self.capacity:
+            del self._read_once[next(iter(self._read_once))]
+        return True
+
+
+class _ReadAgain(BaseException):  # a signal, not an error
+    """Raised from Faust's gap bookkeeping to leave its fetch loop. A BaseException so that the
+    loop's `except Exception` (which logs a traceback and re-raises) lets it pass."""
+
+    def __init__(self, tp: Any, first_missing: int) -> None:
+        super().__init__(tp, first_missing)
+        self.tp = tp
+        self.first_missing = first_missing
+
+
 def install(rewind_topics: Collection[str]) -> None:
-    """Make Faust's consumer thread seek uncommitted partitions of `rewind_topics` to their
-    beginning whenever it seeks to the committed offsets (one processor per process)."""
+    """Close both holes for the partitions of `rewind_topics` (one processor per process)."""
     topics = frozenset(rewind_topics)
+    _install_seek_to_beginning(topics)
+    _install_gap_check(topics, GapCheck())
+
+
+def _install_seek_to_beginning(topics: frozenset[str]) -> None:
 
     async def seek_to_committed(self: Any) -> Mapping[TopicPartition, int | None]:
         consumer = self._ensure_consumer()  # private in faust-streaming 0.15.3: the aiokafka consumer
@@ -56,3 +103,35 @@ def install(rewind_topics: Collection[str]) -> None:
         return result
 
     AIOKafkaConsumerThread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+def _install_gap_check(topics: frozenset[str], check: GapCheck) -> None:
+    add_gap = Consumer._add_gap
+    drain_messages = Consumer._drain_messages
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        if tp.topic in topics and check.read_again(tp, offset_from):
+            raise _ReadAgain(tp, offset_from)  # before the record after the gap is handed on
+        await add_gap(self, tp, offset_from, offset_to)
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
+        while True:
+            try:
+                await drain_messages(self, fetcher)
+                return
+            except _ReadAgain as gap:
+                await _fetch_again(self, gap.tp, gap.first_missing)
+
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
+    Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+
+
+async def _fetch_again(consumer: Any, tp: Any, first_missing: int) -> None:
+    """Seek `tp` back to the first missing offset; the last offset read goes just before it,
+    so that the gap, if it is real, shows again on the second read."""
+    log.warning("input_gap_read_again", topic=tp.topic, partition=tp.partition, offset=first_missing)
+    try:
+        await consumer.seek(tp, first_missing)
+    except IllegalStateError:
+        return  # revoked meanwhile: its next owner starts from the committed offset
+    consumer._read_offset[tp] = first_missing - 1
