@@ -100,9 +100,11 @@ def test_a_gap_is_read_again_once_then_taken_as_real() -> None:
 
 
 def test_faust_still_has_the_fetch_loop_hooks_the_gap_check_wraps() -> None:
-    """The gap check wraps `Consumer._add_gap(tp, offset_from, offset_to)` and
-    `Consumer._drain_messages(fetcher)` and sets `Consumer._read_offset` (faust-streaming
-    0.15.3): a Faust upgrade that renames or reshapes them fails here, by name."""
+    """The gap check wraps `Consumer._add_gap(tp, offset_from, offset_to)`,
+    `Consumer._drain_messages(fetcher)` and `Consumer.perform_seek()` and sets
+    `Consumer._read_offset` (faust-streaming 0.15.3): a Faust upgrade that renames or
+    reshapes them fails here, by name."""
     assert list(inspect.signature(Consumer._add_gap).parameters) == ["self", "tp", "offset_from", "offset_to"]
     assert list(inspect.signature(Consumer._drain_messages).parameters) == ["self", "fetcher"]
+    assert list(inspect.signature(Consumer.perform_seek).parameters) == ["self"]
     assert "_read_offset" in Consumer.__annotations__
