@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import Consumer
 
-from processor.engine.rewind import GapCheck, seek_to_committed_or_beginning
+from processor.engine.rewind import GapCheck, contiguous_end, seek_to_committed_or_beginning
 from processor.kafka import ensure_topics
 from processor.partitioner import murmur2
 from processor.settings import Settings
@@ -65,7 +65,7 @@ async def test_aiokafka_seek_to_committed_leaves_an_uncommitted_partition_where_
     consumer: Held,
 ) -> None:
     reader, tp, _ = consumer
-    committed = await reader.seek_to_committed()
+    committed = await reader.seek_to_committed()  # aiokafka's own
     assert committed[tp] is None
     assert await reader.position(tp) == READ_FIRST  # the six records read are skipped for good
 
@@ -107,4 +107,14 @@ def test_faust_still_has_the_fetch_loop_hooks_the_gap_check_wraps() -> None:
     assert list(inspect.signature(Consumer._add_gap).parameters) == ["self", "tp", "offset_from", "offset_to"]
     assert list(inspect.signature(Consumer._drain_messages).parameters) == ["self", "fetcher"]
     assert list(inspect.signature(Consumer.perform_seek).parameters) == ["self"]
-    assert "_read_offset" in Consumer.__annotations__
+    assert list(inspect.signature(Consumer._new_offset).parameters) == ["self", "tp"]
+    used = {"_acked", "_acked_index", "_committed_offset", "_read_offset", "_unacked_messages"}
+    assert used <= set(Consumer.__annotations__)
+
+
+def test_a_commit_stops_at_the_first_offset_not_acknowledged() -> None:
+    assert contiguous_end([10, 11, 12, 14], 10) == (13, 3)
+    assert contiguous_end([11, 12], 10) == (None, 0)  # the head is missing: Faust would commit 13
+    assert contiguous_end([8, 10, 10, 11], 10) == (12, 4)  # below the base and repeats are used up
+    assert contiguous_end([12, 13], 10, known_gaps={10, 11}) == (14, 2)  # offsets holding no record
+    assert contiguous_end([], 10) == (None, 0)
