@@ -151,8 +151,8 @@ def _install_gap_check(topics: frozenset[str], check: GapCheck, known_gaps: dict
         for tp, offset in list(self._read_offset.items()):
             if tp.topic in topics:
                 self._acked.setdefault(tp, [])  # the key makes Faust ask for its commit offset
-                if offset:
-                    self._read_offset[tp] = offset - 1
+                if offset is not None:
+                    self._read_offset[tp] = offset - 1  # -1 at the start of a partition
 
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
         if tp.topic not in topics:
