@@ -104,8 +104,7 @@ async def start_receiver(receiver: Receiver, port: int = 0) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # aiohttp offers no public accessor
-    return runner, sockets[0].getsockname()[1]
+    return runner, runner.addresses[0][1]  # the bound port (port 0 picks a free one)
 
 
 def describe(request: ReceivedRequest) -> dict[str, Any]:

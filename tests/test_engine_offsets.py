@@ -1,8 +1,9 @@
-"""The processor's seek back to committed offsets also rewinds partitions with no commit
-(processor/engine/rewind.py), on a real broker.
+"""The guards that keep input records from being committed unprocessed
+(processor/engine/offsets.py and `install_input_guards` in processor/engine/faust_compat.py).
 
-The first test pins the aiokafka behaviour the fix works around: if an upgrade changes it,
-that test fails by name and the fix can go.
+The broker tests run on a real broker; the first pins the aiokafka behaviour the seek guard
+works around, the last pins the Faust internals the guards wrap: if an upgrade changes
+either, that test fails by name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import Consumer
 
-from processor.engine.rewind import GapCheck, contiguous_end, seek_to_committed_or_beginning
+from processor.engine.faust_compat import seek_to_committed_or_beginning
+from processor.engine.offsets import GapCheck, StallWatch, contiguous_end
 from processor.kafka import ensure_topics
 from processor.partitioner import murmur2
 from processor.settings import Settings
@@ -74,7 +76,8 @@ async def test_uncommitted_input_partitions_go_back_to_their_beginning(
     consumer: Held,
 ) -> None:
     reader, events, other = consumer
-    await seek_to_committed_or_beginning(reader, {events.topic})
+    committed = await seek_to_committed_or_beginning(reader, {events.topic})
+    assert committed[events] == 0  # the beginning stands in for the missing commit
     assert await reader.position(events) == 0
     assert await reader.position(other) == READ_FIRST  # not an input topic here: left alone
 
@@ -118,3 +121,12 @@ def test_a_commit_stops_at_the_first_offset_not_acknowledged() -> None:
     assert contiguous_end([8, 10, 10, 11], 10) == (12, 4)  # below the base and repeats are used up
     assert contiguous_end([12, 13], 10, known_gaps={10, 11}) == (14, 2)  # offsets holding no record
     assert contiguous_end([], 10) == (None, 0)
+
+
+def test_a_head_missing_at_three_commits_in_a_row_is_fetched_again() -> None:
+    watch = StallWatch(commits=3)
+    assert [watch.stalled("p0", 5) for _ in range(3)] == [False, False, True]
+    assert watch.stalled("p0", 5) is False  # counting starts again after a fetch
+    watch.stalled("p0", 6)
+    watch.moved("p0")  # a commit went through
+    assert [watch.stalled("p0", 6) for _ in range(2)] == [False, False]
