@@ -9,15 +9,11 @@ import orjson
 import pytest
 
 from processor.broker import free_port
-from processor.dispatch.delivery import (
-    Attempt,
-    RequestRefused,
-    destination_key,
-    make_session,
-    prepare,
-    send,
-)
+from processor.dispatch.attempt import Attempt
+from processor.dispatch.delivery import make_session, send
+from processor.dispatch.destination import destination_key
 from processor.dispatch.outcomes import after_attempt, expired
+from processor.dispatch.request import RequestRefused, prepare
 from processor.dispatch.retry_policy import FailureKind
 from processor.settings import Topics
 from tests.dispatch_helpers import ScriptedReceiver, due_record

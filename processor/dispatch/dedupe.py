@@ -6,7 +6,7 @@ partition re-reads what its predecessor finished after the last commit. Both car
 same delivery id and attempt number. The dispatcher remembers every attempt whose outcome
 the broker acknowledged (and every one in flight) and skips a record for an attempt already
 made; a worker taking over partitions first learns the attempts made from the results
-topic (`Attempts.learn`, fed by `worker.Lane`), which is keyed by delivery id like the
+topic (`Attempts.learn`, fed by `learn.read_attempts`), which is keyed by delivery id like the
 webhooks topic and the retry tiers, so partition p of one holds the results of partition p
 of the others.
 

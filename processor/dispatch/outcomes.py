@@ -14,7 +14,7 @@ import orjson
 
 from processor import records
 from processor.clock import iso, now_ms, parse_iso_ms
-from processor.dispatch.delivery import Attempt
+from processor.dispatch.attempt import Attempt
 from processor.dispatch.retry_policy import Dead, Retry, plan_retry, tier_for
 from processor.settings import Topics
 
