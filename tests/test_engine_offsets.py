@@ -15,9 +15,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.consumer import Consumer
+from faust.types import AppT
+from faust.types.tuples import Message
 
 from processor.engine.faust_compat import seek_to_committed_or_beginning
-from processor.engine.offsets import GapCheck, StallWatch, contiguous_end
+from processor.engine.offsets import Progress, StallWatch
 from processor.kafka import ensure_topics
 from processor.partitioner import murmur2
 from processor.settings import Settings
@@ -92,41 +94,71 @@ async def test_committed_partitions_go_back_to_their_commit(
     assert await reader.position(events) == 3
 
 
-def test_a_gap_is_read_again_once_then_taken_as_real() -> None:
-    check = GapCheck(capacity=2)
-    assert check.read_again("p0", 10) is True  # first sight: fetch it again
-    assert check.read_again("p0", 10) is False  # still there on the second read: real
-    assert check.read_again("p0", 10) is True  # a new gap at the same place later
-    check.read_again("p1", 5)
-    check.read_again("p2", 7)  # over capacity: the oldest is forgotten
-    assert check.read_again("p0", 10) is True
-
-
-def test_faust_still_has_the_fetch_loop_hooks_the_gap_check_wraps() -> None:
-    """The gap check wraps `Consumer._add_gap(tp, offset_from, offset_to)`,
-    `Consumer._drain_messages(fetcher)` and `Consumer.perform_seek()` and sets
-    `Consumer._read_offset` (faust-streaming 0.15.3): a Faust upgrade that renames or
+def test_faust_still_has_the_hooks_the_guards_wrap() -> None:
+    """The guards wrap `Consumer._add_gap(tp, offset_from, offset_to)`, `Consumer._new_offset(tp)`
+    and `Consumer.perform_seek()`, read Faust's offset bookkeeping, and count only events
+    of the consumer's current generation (`Message.generation_id`,
+    `App.consumer_generation_id`; faust-streaming 0.15.3): a Faust upgrade that renames or
     reshapes them fails here, by name."""
     assert list(inspect.signature(Consumer._add_gap).parameters) == ["self", "tp", "offset_from", "offset_to"]
-    assert list(inspect.signature(Consumer._drain_messages).parameters) == ["self", "fetcher"]
     assert list(inspect.signature(Consumer.perform_seek).parameters) == ["self"]
     assert list(inspect.signature(Consumer._new_offset).parameters) == ["self", "tp"]
     used = {"_acked", "_acked_index", "_committed_offset", "_read_offset", "_unacked_messages"}
     assert used <= set(Consumer.__annotations__)
+    assert "generation_id" in Message.__slots__
+    assert "consumer_generation_id" in AppT.__annotations__
 
 
-def test_a_commit_stops_at_the_first_offset_not_acknowledged() -> None:
-    assert contiguous_end([10, 11, 12, 14], 10) == (13, 3)
-    assert contiguous_end([11, 12], 10) == (None, 0)  # the head is missing: Faust would commit 13
-    assert contiguous_end([8, 10, 10, 11], 10) == (12, 4)  # below the base and repeats are used up
-    assert contiguous_end([12, 13], 10, known_gaps={10, 11}) == (14, 2)  # offsets holding no record
-    assert contiguous_end([], 10) == (None, 0)
+def test_a_commit_stops_at_the_first_offset_not_processed() -> None:
+    """Only the unbroken run of processed offsets from the committed one is committed."""
+    progress = Progress()
+    progress.processed("p0", [10, 11, 12, 14])
+    assert progress.commit_point("p0", 10) == 13
+    assert progress.commit_point("p0", 13) is None  # 13 never processed: 14 waits
+    assert progress.ahead("p0", 13)
+    progress.processed("p0", [13])
+    assert progress.commit_point("p0", 13) == 15
 
 
-def test_a_head_missing_at_three_commits_in_a_row_is_fetched_again() -> None:
-    watch = StallWatch(commits=3)
-    assert [watch.stalled("p0", 5) for _ in range(3)] == [False, False, True]
-    assert watch.stalled("p0", 5) is False  # counting starts again after a fetch
-    watch.stalled("p0", 6)
-    watch.moved("p0")  # a commit went through
-    assert [watch.stalled("p0", 6) for _ in range(2)] == [False, False]
+def test_a_missing_head_is_never_passed_over() -> None:
+    """Faust would commit 13 here (the first acknowledged offset one past the committed one)."""
+    progress = Progress()
+    progress.processed("p0", [11, 12])
+    assert progress.commit_point("p0", 10) is None
+    assert progress.commit_point("p1", 0) is None  # nothing processed there at all
+
+
+def test_offsets_below_the_commit_and_repeats_are_forgotten() -> None:
+    """Records read again after a seek, and work of an earlier ownership, do not pile up."""
+    progress = Progress()
+    progress.processed("p0", [3, 4, 10, 10, 11])
+    assert progress.commit_point("p0", 10) == 12
+    assert not progress.ahead("p0", 0)
+
+
+def test_offsets_without_a_record_count_as_done_and_revoked_partitions_as_not() -> None:
+    """An independent read's holes let the commit pass; a revoke drops the partition's work."""
+    progress = Progress()
+    progress.processed("p0", [13])
+    progress.no_record("p0", 10, 13)
+    assert progress.commit_point("p0", 10) == 14
+    progress.processed("p1", [0, 1])
+    progress.forget(["p1"])
+    assert progress.commit_point("p1", 0) is None
+
+
+def test_a_passed_over_head_is_read_again_soon_then_checked() -> None:
+    """Two commits with later records processed: read again; after two reads again, check it."""
+    watch = StallWatch(skipped=2, idle=5, fetches=2)
+    seen = [watch.missing("p0", 5, passed=True) for _ in range(6)]
+    assert seen == [None, "fetch", None, "fetch", None, "check"]
+    assert watch.missing("p0", 5, passed=True) is None  # counting starts again after a check
+
+
+def test_a_head_only_read_waits_longer_and_a_commit_resets_the_count() -> None:
+    """A record read but not processed may still be in Faust's buffers: five commits."""
+    watch = StallWatch(skipped=2, idle=5, fetches=2)
+    assert [watch.missing("p0", 5, passed=False) for _ in range(5)] == [None] * 4 + ["fetch"]
+    watch.missing("p0", 6, passed=True)  # a new head starts a new count
+    watch.moved("p0")
+    assert watch.missing("p0", 6, passed=True) is None

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from processor.clock import now_ms
@@ -37,7 +37,14 @@ from processor.engine.status import WorkerStatus
 from processor.engine.wakeups import DUE_TICK_S, WakeUps
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, idempotent, make_producer, send_with_retries, wait_for_broker
+from processor.kafka import (
+    ensure_topics,
+    first_offset_at,
+    idempotent,
+    make_producer,
+    send_with_retries,
+    wait_for_broker,
+)
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
@@ -79,7 +86,8 @@ class Engine:
         self.table = make_table(self.app, settings, self._catch_up, self._recovered)
         self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock)
         self._kinds = self._input_kinds()
-        faust_compat.install_input_guards(self._kinds)  # no input record committed unprocessed
+        # No input record is committed unprocessed (see faust_compat.install_input_guards).
+        faust_compat.install_input_guards(self.app, self._kinds, self._first_offset_at)
         self.placement = Placement(settings.partitions, {
             self.topics.events: self.topics.events_repartition,
             self.topics.profiles: self.topics.profiles_repartition,
@@ -151,6 +159,10 @@ class Engine:
         self.status.ready = False
         self.status.owned = set()
         self.wakeups.drop(revoked)
+        faust_compat.forget_processed(self.app, revoked)
+
+    async def _first_offset_at(self, tp: TP, offset: int) -> int | None:
+        return await first_offset_at(self.settings, TopicPartition(tp.topic, tp.partition), offset)
 
     def on_flow_change(self, flow: Flow | None) -> None:
         self.wakeups.on_flow_change(flow, self.table, self.status.ready)
