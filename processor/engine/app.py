@@ -21,7 +21,7 @@ from types import SimpleNamespace
 from typing import Any, Final
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from processor.clock import now_ms
@@ -47,7 +47,7 @@ from processor.kafka import (
 )
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
-from processor.ops.lag import LagWatch
+from processor.ops.lag import LagSource, LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.ops.profiles import lookup
 from processor.outage import BrokerWatch
@@ -219,9 +219,10 @@ class Engine:
     async def lookup_profile(self, profile_id: str) -> tuple[int, dict[str, Any]]:
         return lookup(self, profile_id)
 
-    def _lag_sources(self) -> list[tuple[AIOKafkaConsumer, Iterable[str] | None]]:
-        consumer = faust_compat.aiokafka_consumer(self.app)
-        return [] if consumer is None else [(consumer, self._kinds)]
+    def _lag_sources(self) -> list[tuple[LagSource, Iterable[str] | None]]:
+        # Faust's consumer, not the aiokafka one inside it: that one runs on Faust's
+        # consumer thread, and Faust's `position` asks it there.
+        return [(self.app.consumer, self._kinds)]
 
     def _endpoint(self) -> Endpoint:
         return Endpoint(self.metrics, self.readiness, healthy=self.healthy,
