@@ -373,15 +373,19 @@ def _watch_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
     dropped, with nothing of the partition still on its way through the streams."""
     passed = guard.progress.ahead(tp, head)
     read = consumer._read_offset.get(tp)  # noqa: SLF001
-    in_flight = any(message.tp == tp for message in consumer._unacked_messages)  # noqa: SLF001
-    if in_flight or not (passed or (read is not None and read >= head)):
-        guard.stalls.moved(tp)
+    if not (passed or (read is not None and read >= head)) or _in_flight(consumer, tp):
+        guard.stalls.moved(tp)  # idle (the common case, checked first), or still on its way
         return
     action = guard.stalls.missing(tp, head, passed=passed)
     if action == "fetch":
         guard.spawn(_fetch_again(consumer, tp, head))
     elif action == "check":
         guard.spawn(_check_head(consumer, guard, tp, head))
+
+
+def _in_flight(consumer: Any, tp: Any) -> bool:
+    """A record of `tp` is in a stream or a batch, not yet done."""
+    return any(message.tp == tp for message in consumer._unacked_messages)  # noqa: SLF001
 
 
 async def _fetch_again(consumer: Any, tp: Any, head: int) -> None:
