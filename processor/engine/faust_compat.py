@@ -325,6 +325,7 @@ def _patch_seek() -> None:
         for tp, offset in list(read_offset.items()):
             if tp.topic in guard.topics:
                 self._acked.setdefault(tp, [])  # so that every commit looks at the partition
+                guard.progress.forget([tp])  # all from the committed offset on is read again
                 # Faust records the committed offset as the last one read, though it is the
                 # next one to read: the record there would be taken for an old one.
                 read_offset[tp] = -1 if offset is None else offset - 1
