@@ -209,18 +209,18 @@ class Bench:
 
     def due_record(self, index: int) -> dict[str, Any]:
         run_id = records.run_id("bench", f"p_{index}", f"evt_{index}")
-        return {
-            "delivery_id": records.delivery_id("bench", run_id, "hook"),
-            "flow_id": "bench", "flow_version": 1, "flow_name": "bench", "step_id": "hook",
-            "run_id": run_id, "profile_id": f"p_{index % self.config.profiles}",
-            "event_id": f"evt_{index}", "metric": BENCH_METRIC, "mode": "send", "error": None,
-            "request": {"method": "POST", "url": f"{self.receiver_url}/bench", "headers": {},
-                        "secret_headers": {}, "body": self.sample_body().decode(), "signing_secrets": []},
-            "options": {"timeout_ms": 10_000, "retry_ms": [1000, 2000], "max_age_ms": 3_600_000,
-                        "rate_limit": None},
-            "due_at": iso(now_ms()), "created_at": iso(now_ms()),
-            "attempt": 1, "not_before": None, "first_attempt_at": None,
-        }
+        return records.as_dict(records.WebhookDue(
+            delivery_id=records.delivery_id("bench", run_id, "hook"),
+            flow_id="bench", flow_version=1, flow_name="bench", step_id="hook",
+            run_id=run_id, profile_id=f"p_{index % self.config.profiles}",
+            event_id=f"evt_{index}", metric=BENCH_METRIC, mode="send", error=None,
+            request=records.Request(method="POST", url=f"{self.receiver_url}/bench", headers={},
+                                    secret_headers={}, body=self.sample_body().decode(), signing_secrets=[]),
+            options=records.Options(timeout_ms=10_000, retry_ms=[1000, 2000], max_age_ms=3_600_000,
+                                    rate_limit=None),
+            due_at=iso(now_ms()), created_at=iso(now_ms()),
+            attempt=1, not_before=None, first_attempt_at=None,
+        ))
 
     # -- stages -----------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from processor.dispatch.outcomes import Output
 from processor.dispatch.request import RequestRefused, prepare
 from processor.dispatch.secrets import SecretMissing
 from processor.logs import get_logger
+from processor.records.types import WebhookDue
 from processor.settings import Topics
 
 log = get_logger(__name__)
@@ -48,11 +49,11 @@ class Decider:
     def __post_init__(self) -> None:
         self.allow_networks = tuple(self.allow_networks)
 
-    def settled(self, due: dict[str, Any], now: int) -> list[Output] | None:
+    def settled(self, due: WebhookDue, now: int) -> list[Output] | None:
         """The outputs of a record that needs no request (held, invalid, expired), else None."""
         return outcomes.for_mode(self.topics, due) or outcomes.expired(self.topics, due, now)
 
-    def request(self, due: dict[str, Any], now: int) -> Prepared | list[Output]:
+    def request(self, due: WebhookDue, now: int) -> Prepared | list[Output]:
         """The request to make, or the outputs instead (refused, or deferred for a secret)."""
         try:
             return prepare(due, allow_http=self.allow_http, allow_networks=self.allow_networks)
@@ -63,7 +64,7 @@ class Decider:
             return self._defer(due, f"secret {missing.name} is not set", self.deferrals.secret_wait_ms(due),
                                now, key=f"secret:{missing.name}")
 
-    def gate(self, due: dict[str, Any], destination: str, now: int) -> list[Output] | None:
+    def gate(self, due: WebhookDue, destination: str, now: int) -> list[Output] | None:
         """None when the destination's circuit lets the request out now (claiming the probe
         when half-open), else the outputs of the deferred try."""
         breaker = self.breakers.get(destination)
@@ -77,22 +78,22 @@ class Decider:
         open for good."""
         self.breakers.get(destination).probing = False
 
-    def outcome(self, due: dict[str, Any], destination: str, attempt: Attempt, now: int) -> list[Output]:
+    def outcome(self, due: WebhookDue, destination: str, attempt: Attempt, now: int) -> list[Output]:
         """After the request: the breaker learns of it; the records to produce."""
         self._update_breaker(destination, attempt, now)
         if attempt.failure is not None:
-            log.debug("attempt_failed", delivery_id=due["delivery_id"], error=attempt.error)
+            log.debug("attempt_failed", delivery_id=due.delivery_id, error=attempt.error)
         return outcomes.after_attempt(self.topics, due, attempt, self.rng)
 
-    def crashed(self, due: dict[str, Any], exc: Exception) -> list[Output]:
+    def crashed(self, due: WebhookDue, exc: Exception) -> list[Output]:
         """A bug must not turn one record into a crash loop (poison pill): `invalid`."""
-        log.exception("delivery_crashed", delivery_id=due["delivery_id"])
+        log.exception("delivery_crashed", delivery_id=due.delivery_id)
         error = f"internal error: {type(exc).__name__}"  # the type only: a message might hold a secret
         return [outcomes.result_output(self.topics, due, "invalid", error=error)]
 
-    def _defer(self, due: dict[str, Any], reason: str, wait_ms: int, now: int, *, key: str) -> list[Output]:
+    def _defer(self, due: WebhookDue, reason: str, wait_ms: int, now: int, *, key: str) -> list[Output]:
         """A try not made: counted and logged (by secret name, never value), then re-queued."""
-        self.deferrals.count(key, due["delivery_id"], reason)
+        self.deferrals.count(key, due.delivery_id, reason)
         return outcomes.deferred(self.topics, due, reason=reason, wait_ms=wait_ms, now=now)
 
     def _update_breaker(self, destination: str, attempt: Attempt, now: int) -> None:

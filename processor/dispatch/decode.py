@@ -7,12 +7,13 @@ with a `value` (aiokafka's ConsumerRecord in the worker, a plain object in tests
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
-from processor import records, strict_json
+from processor import strict_json
 from processor.clock import now_ms, parse_iso_ms
 from processor.dispatch.destination import destination_key
-from processor.dispatch.due_check import implausible, looks_usable
+from processor.records.due import decode_due
+from processor.records.types import WebhookDue
 
 __all__ = ["Fetched", "decode", "destination_of", "not_before_ms"]
 
@@ -23,36 +24,29 @@ class Fetched(Protocol):
     value: bytes | None
 
 
-def decode(record: Fetched) -> tuple[dict[str, Any] | None, str | None]:
+def decode(record: Fetched) -> tuple[WebhookDue | None, str | None]:
     """(webhook-due record, None) or (None, why it cannot be used)."""
     try:
-        # No limit on string length: a webhook-due record's body is one long string.
-        due = strict_json.loads(record.value, max_string_bytes=None)
+        return decode_due(record.value, now_ms()), None
     except strict_json.NotUsable as exc:
         return None, str(exc)
-    if looks_usable(due):  # the hot path: a cheap check instead of the full schema validator
-        absurd = implausible(due, now_ms())
-        return (due, None) if absurd is None else (None, f"not a usable webhook-due record: {absurd}")
-    # Only for a record the cheap check refuses: the schema's reason, or the check's own.
-    error = records.validation_error("webhook", due) or "an id is not exactly of its pattern"
-    return None, f"not a webhook-due record: {error}"
 
 
-def not_before_ms(due: dict[str, Any] | None) -> int:
+def not_before_ms(due: WebhookDue | None) -> int:
     """When a retry may be sent (0: now)."""
-    if not due or not due.get("not_before"):
+    if due is None or not due.not_before:
         return 0
     try:
-        return parse_iso_ms(due["not_before"])
+        return parse_iso_ms(due.not_before)
     except ValueError:
         return 0
 
 
-def destination_of(due: dict[str, Any] | None) -> str | None:
+def destination_of(due: WebhookDue | None) -> str | None:
     """The queue of a record: its destination (host:port), or None when nothing is sent."""
-    if due is None or due["mode"] != "send":
+    if due is None or due.mode != "send":
         return None
     try:
-        return destination_key(due["request"]["url"])
+        return destination_key(due.request.url)
     except ValueError:  # prepare() refuses it with the reason
         return None

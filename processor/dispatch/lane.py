@@ -31,6 +31,7 @@ from processor.dispatch.decode import decode, destination_of, not_before_ms
 from processor.dispatch.offsets import PartitionOffsets
 from processor.kafka import make_consumer
 from processor.logs import get_logger
+from processor.records.types import WebhookDue
 
 if TYPE_CHECKING:
     from processor.dispatch.worker import Dispatcher
@@ -40,7 +41,7 @@ log = get_logger(__name__)
 __all__ = ["Buffered", "Lane", "Work"]
 
 # A fetched record: (not before, epoch ms; record; decoded due record or None; why not usable)
-Buffered = tuple[int, ConsumerRecord, dict[str, Any] | None, str | None]
+Buffered = tuple[int, ConsumerRecord, WebhookDue | None, str | None]
 
 
 @dataclass(slots=True)
@@ -51,7 +52,7 @@ class Work:
     tp: TopicPartition
     tracker: PartitionOffsets
     record: ConsumerRecord
-    due: dict[str, Any] | None
+    due: WebhookDue | None
     reason: str | None  # why the record cannot be used, when `due` is None
 
 
@@ -242,7 +243,7 @@ class Lane:
             tracker.add(record.offset)
             due, reason = decode(record)
             if due is not None:
-                self.core.outstanding_retries.discard((due["delivery_id"], due["attempt"]))
+                self.core.outstanding_retries.discard((due.delivery_id, due.attempt))
             buffer.append((not_before_ms(due), record, due, reason))
         if tp in self.consumer.assignment():
             self.consumer.pause(tp)  # hold the partition until its head is due
@@ -259,6 +260,12 @@ class Lane:
                 del self.buffers[tp]
                 if tp in self.consumer.assignment():
                     self.consumer.resume(tp)
+
+    def state(self) -> dict[str, Any]:
+        """What the lane holds, for a burst that does not end (`drain_waiting`)."""
+        return {"assigned": self.assigned, "taken": self.taken,
+                "buffered": sum(len(b) for b in self.buffers.values()),
+                "idle_s": round(time.monotonic() - self.last_activity, 1)}
 
     def idle_for(self) -> float | None:
         """Seconds this lane has had nothing to do, or None while it is busy or unassigned."""

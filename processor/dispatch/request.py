@@ -23,6 +23,7 @@ from processor.dispatch import secrets as secret_store
 from processor.dispatch.attempt import Attempt, Prepared
 from processor.dispatch.destination import destination_key
 from processor.dispatch.retry_policy import FailureKind
+from processor.records.types import Request, WebhookDue
 
 USER_AGENT = c.USER_AGENT_PREFIX + processor.__version__
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -82,10 +83,10 @@ def _check_header(name: str, value: str) -> None:
         raise _refuse(FailureKind.INVALID, f"header {name} has a line break or NUL in its value")
 
 
-def _flow_headers(request: Mapping[str, Any], env: Mapping[str, str] | None) -> tuple[dict[str, str], list]:
-    headers = {k: v for k, v in request["headers"].items() if k.lower() not in c.RESERVED_HEADERS}
+def _flow_headers(request: Request, env: Mapping[str, str] | None) -> tuple[dict[str, str], list]:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in c.RESERVED_HEADERS}
     values: list[str] = []
-    for name, template in request["secret_headers"].items():
+    for name, template in request.secret_headers.items():
         if name.lower() in c.RESERVED_HEADERS:
             continue
         names = secret_store.secret_names(template)
@@ -113,7 +114,7 @@ def _standard_headers(
 
 
 def prepare(
-    due: Mapping[str, Any],
+    due: WebhookDue,
     *,
     allow_http: bool,
     allow_networks: Iterable[Any] = (),
@@ -121,16 +122,16 @@ def prepare(
 ) -> Prepared:
     """The request for a webhook-due record; raises RequestRefused (blocked/invalid) instead,
     or SecretMissing when a secret it needs is not set."""
-    request = due["request"]
-    url = request["url"]
+    request = due.request
+    url = request.url
     refused = url_refusal(url, allow_http, tuple(allow_networks))
     if refused is not None:
         raise _refuse(*refused)
-    body = (request["body"] or "").encode()
+    body = (request.body or "").encode()
     try:
         headers, values = _flow_headers(request, env)
         standard, signing_values = _standard_headers(
-            due["delivery_id"], body, request["signing_secrets"], env
+            due.delivery_id, body, request.signing_secrets, env
         )
     except secret_store.SecretMissing:
         raise  # not the delivery's fault: the caller defers it until the secret is set
@@ -138,11 +139,11 @@ def prepare(
         raise _refuse(FailureKind.INVALID, str(exc)) from None
     headers.update(standard)  # after the flow's headers, so these always win
     return Prepared(
-        method=request["method"],
+        method=request.method,
         url=url,
         headers=headers,
         body=body,
         destination=destination_key(url),
-        timeout_ms=int(due["options"]["timeout_ms"]),
+        timeout_ms=due.options.timeout_ms,
         secret_values=values + signing_values,
     )

@@ -73,11 +73,15 @@ from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.outage import OUTAGE_RIDE_MS, BrokerWatch
 from processor.partitioner import KeyPartitioner
+from processor.records.types import WebhookDue
 from processor.settings import Settings
 
 log = get_logger(__name__)
 
 __all__ = ["Dispatcher", "DispatcherError", "DispatcherOptions", "run_dispatcher"]
+
+# How often burst mode (`--drain`) says what it still waits for, when it does not end.
+DRAIN_TELL_S = 10.0
 
 
 class DispatcherError(FlowhookError):
@@ -181,7 +185,7 @@ class Dispatcher:
 
     def _skip(self, work: Work) -> None:
         self.attempts.skipped += 1
-        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due["attempt"])
+        log.debug("repeat_skipped", delivery_id=work.record.key, attempt=work.due and work.due.attempt)
         work.tracker.finish(work.record.offset)
         work.lane.release()
         work.lane.last_activity = time.monotonic()
@@ -224,7 +228,7 @@ class Dispatcher:
         """Metrics of what was written: one delivery count per result record (one dict update)."""
         for output in outputs:
             if output.outcome is not None and work.due is not None:
-                self.metrics.deliveries.add((work.due["flow_id"], work.due["step_id"], output.outcome))
+                self.metrics.deliveries.add((work.due.flow_id, work.due.step_id, output.outcome))
 
     def readiness(self) -> Readiness:
         """Ready once started, with partitions of every lane assigned."""
@@ -275,7 +279,7 @@ class Dispatcher:
     async def outputs_for(
         self,
         record: ConsumerRecord,
-        due: dict[str, Any] | None,
+        due: WebhookDue | None,
         reason: str | None,
         window: asyncio.Semaphore,
     ) -> list[Output]:
@@ -287,7 +291,7 @@ class Dispatcher:
         except Exception as exc:  # a bug must not turn one record into a crash loop (poison pill)
             return self.decider.crashed(due, exc)
 
-    async def _attempt_outputs(self, due: dict[str, Any], window: asyncio.Semaphore) -> list[Output]:
+    async def _attempt_outputs(self, due: WebhookDue, window: asyncio.Semaphore) -> list[Output]:
         """Prepare, rate limit, the breaker, then an in-flight slot, then send (the send stage).
 
         Runs in one of the destination's workers (at most `per_destination` of them), so a
@@ -300,7 +304,7 @@ class Dispatcher:
         if not isinstance(prepared, Prepared):
             return prepared  # refused, or deferred for a secret
         destination = prepared.destination
-        rate = due["options"].get("rate_limit")
+        rate = due.options.rate_limit
         if rate:
             await self.rate_limits.acquire(destination, rate)
         deferred = decider.gate(due, destination, now_ms())
@@ -348,12 +352,17 @@ async def _commit_loop(lanes: list[Lane], interval_s: float) -> None:
 
 async def _drain_watch(core: Dispatcher, lanes: list[Lane], idle_s: float) -> None:
     """Burst mode: stop once every lane has been idle for `idle_s` and no retry is outstanding."""
+    told_at = time.monotonic()
     while not core.stop_event.is_set():
         await asyncio.sleep(min(0.1, idle_s / 4))
         idle = [lane.idle_for() for lane in lanes]
         if not core.outstanding_retries and all(i is not None and i >= idle_s for i in idle):
             log.info("drained", idle_s=idle_s)
             core.stop_event.set()
+        elif time.monotonic() - told_at >= DRAIN_TELL_S:  # a burst that does not end says why
+            told_at = time.monotonic()
+            log.info("drain_waiting", retries_outstanding=len(core.outstanding_retries),
+                     lanes={lane.name: lane.state() for lane in lanes})
 
 
 async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | None) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import faust
-import orjson
 
+from processor import records
 from processor.clock import iso
 from processor.engine.core import unscheduled_dates
 from processor.engine.due import DueIndex
@@ -40,7 +40,7 @@ class WakeUps:
     async def tick(self) -> None:
         """Send the wake-ups that are due now."""
         for profile_id, partition, due_ms, reason in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
-            value = orjson.dumps({"profile_id": profile_id, "due_at": iso(due_ms), "reason": reason})
+            value = records.encode(records.WakeUp(profile_id=profile_id, due_at=iso(due_ms), reason=reason))
             await self.app.producer.send(self.topic, profile_id.encode(), value, partition, None, None)
 
     def drop(self, revoked: Iterable[Any]) -> None:
