@@ -402,7 +402,12 @@ async def _fetch_again(consumer: Any, tp: Any, head: int) -> None:
 
 async def _check_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
     """The head stayed missing after reading it again: does it hold a record at all?"""
-    first = await guard.first_offset_at(tp, head)
+    try:
+        first = await guard.first_offset_at(tp, head)
+    except Exception as exc:  # the brokers away, say: the next stall checks again
+        log.warning("input_head_check_failed", topic=tp.topic, partition=tp.partition, offset=head,
+                    error=repr(exc))
+        return
     if first is not None and first > head:
         log.warning("input_offsets_hold_no_record", topic=tp.topic, partition=tp.partition,
                     offset=head, records=first - head)
