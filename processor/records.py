@@ -22,7 +22,7 @@ from processor.resources import shipped_dir
 SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid",
                      "audit"]
 Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled"]
-# `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.held).
+# `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.dispatch.held).
 TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled"})
 
 

@@ -1,7 +1,7 @@
 """Changing pages: a flow's status, publishing an edited or uploaded flow file, replaying deliveries.
 
 Each handler checks the rule (`auth.decide`) before doing anything, does the change through
-the code the command line uses (`flows.publish.apply`, `dispatch.replay.requeue`), and
+the code the command line uses (`ops.publish.apply`, `dispatch.replay.requeue`), and
 writes an audit record; a change that cannot be audited is reported as failed.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from processor.cli.flows import warning_line
 from processor.clock import now_ms
 from processor.console import auth, index, queries
 from processor.console.audit import audit_record
@@ -21,9 +22,8 @@ from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.pages_view import log_filter
 from processor.dispatch.replay import requeue
-from processor.flows import publish
-from processor.flows.commands import warning_line
 from processor.flows.loader import CheckedFile, ParseError, check_definition, parse_text
+from processor.ops import publish
 
 routes = web.RouteTableDef()
 STATUSES = ("draft", "manual", "live")

@@ -106,7 +106,7 @@ class EngineTable(faust.Table):  # type: ignore[misc]
     Why: Faust's recovery reads a changelog partition up to its high watermark, and the
     embedded broker (Tansu) reports the end offset as the base offset of the last batch,
     so records of a changelog partition's last batch can be missing after a restart or a
-    rebalance (tests/test_engine_workers.py shows waiting runs lost that way: 12 records,
+    rebalance (tests/engine/test_engine_workers.py shows waiting runs lost that way: 12 records,
     end reported as 1). After Faust's recovery we read each
     active changelog partition again from that reported end until it is idle and apply
     what we find; applying changelog records again is harmless (last write wins, in order).

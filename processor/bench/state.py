@@ -1,0 +1,133 @@
+"""`flowhook bench --stages state`: the processor with a large state (RocksDB store).
+
+Measures, in one run and on one worker's RocksDB state:
+1. baseline: N bench events on an empty state (events/s);
+2. fill: M events from M distinct profiles into a flow whose runs wait on a 30-day delay,
+   so the state holds M profiles and M pending delays; events/s and the worker's RSS;
+3. restart-to-ready: the worker is stopped (SIGTERM) and started again on the same data
+   folder; the time until a new event's webhook-due record appears (group join included);
+4. N bench events with the M pending delays in place, against the baseline of step 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+
+from processor.bench.stages import Bench, StageResult, _peak_rss_mb, count_records, stage_from_stamps
+from processor.clock import iso, now_ms
+from processor.devtools.stack import WorkerProcess, apply_definitions
+from processor.kafka import make_producer
+from processor.settings import Settings
+
+SIGNUP_METRIC = "Bench Signup"
+MIN_RATE_FOR_DEADLINE = 300  # events/s below which a stage is given up as stuck
+
+
+def waiting_flow(receiver_url: str) -> dict[str, Any]:
+    """Every signup starts a run that waits 30 days: one pending delay per profile."""
+    return {
+        "id": "bench-waiting",
+        "name": "bench: signup, then wait",
+        "status": "live",
+        "trigger": {"metric": SIGNUP_METRIC},
+        "steps": [{"delay": "30d"},
+                  {"webhook": {"id": "later", "url": f"{receiver_url}/later", "body": {"x": 1}}}],
+    }
+
+
+def signup(index: int) -> bytes:
+    return orjson.dumps({
+        "id": f"evt_signup_{index}", "metric": SIGNUP_METRIC, "time": iso(now_ms()),
+        "profile": {"id": f"p_{index}", "email": f"bench{index}@example.invalid", "first_name": "Bench",
+                    "properties": {"address": f"{index} Main St", "plan": "basic"}},
+        "properties": {"source": "bench"},
+    })
+
+
+async def produce_signups(settings: Settings, profiles: int) -> None:
+    producer = make_producer(settings, linger_ms=20)
+    await producer.start()
+    try:
+        pending = []
+        for index in range(profiles):
+            key = f"p_{index}".encode()
+            pending.append(await producer.send(settings.topics.events, signup(index), key=key))
+            if len(pending) >= 20_000:  # bound the futures held at once
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def run_state_stage(bench: Bench, profiles: int) -> list[StageResult]:
+    settings = bench.settings().with_(store="rocksdb")
+    await bench.prepare_flows(settings)
+    await apply_definitions(settings, [(waiting_flow(bench.receiver_url), "bench")])
+    worker = bench.worker("processor", settings).start()
+    n = bench.config.events
+    try:
+        baseline = await _bench_events(bench, settings, worker, "baseline", n,
+                                       "processor, RocksDB, empty state")
+        fill = await _fill(bench, settings, worker, profiles)
+    finally:
+        worker.stop()
+    already = await _count_webhooks(settings)
+    restarted = bench.worker("processor", settings).start()
+    try:
+        ready = await _restart_to_ready(bench, settings, restarted, profiles, already)
+        loaded = await _bench_events(bench, settings, restarted, "loaded", n,
+                                     f"processor, RocksDB, {profiles:,} pending delays")
+        if baseline.rate and loaded.rate:
+            loaded.note = f"{loaded.rate / baseline.rate:.2f}× the empty-state rate"
+    finally:
+        restarted.stop()
+    return [baseline, fill, ready, loaded]
+
+
+async def _bench_events(bench: Bench, settings: Settings, worker: WorkerProcess, run: str, expect: int,
+                        name: str) -> StageResult:
+    already = await _count_webhooks(settings)
+    since_ms = now_ms()
+    await bench.produce_events(settings, run)
+    stamps = await count_records(settings, settings.topics.webhooks, already + expect, _deadline(expect),
+                                 alive=lambda: worker.alive)
+    # Records come in partition order, not time order: keep those written after this step began.
+    return stage_from_stamps(name, [s for s in stamps if s >= since_ms], expect)
+
+
+async def _count_webhooks(settings: Settings) -> int:
+    return len(await count_records(settings, settings.topics.webhooks, 10**9, time.monotonic() + 2))
+
+
+async def _fill(bench: Bench, settings: Settings, worker: WorkerProcess, profiles: int) -> StageResult:
+    await produce_signups(settings, profiles)
+    stamps = await count_records(settings, settings.topics.results, profiles, _deadline(profiles),
+                                 accept=lambda v: b'"entered"' in v and b"bench-waiting" in v,
+                                 alive=lambda: worker.alive)
+    result = stage_from_stamps(f"fill: {profiles:,} profiles, each waiting on a delay", stamps, profiles)
+    result.rss_mb = {"processor": _peak_rss_mb(worker)}
+    return result
+
+
+async def _restart_to_ready(
+    bench: Bench, settings: Settings, worker: WorkerProcess, profiles: int, already: int
+) -> StageResult:
+    """Seconds from the worker's start until a new event's webhook-due record is on Kafka."""
+    started = worker.started_at
+    await bench.send_untimed(settings, "probe")
+    stamps = await count_records(settings, settings.topics.webhooks, already + 1, time.monotonic() + 300,
+                                 alive=lambda: worker.alive)
+    seconds = time.monotonic() - started
+    ok = len(stamps) > already
+    return StageResult(f"restart to ready with {profiles:,} profiles", 1 if ok else 0,
+                       seconds if ok else None, rss_mb={"processor": _peak_rss_mb(worker)},
+                       note="seconds until a new event's webhook-due record" if ok else "not ready")
+
+
+def _deadline(records: int) -> float:
+    return time.monotonic() + 60 + records / MIN_RATE_FOR_DEADLINE
