@@ -18,20 +18,18 @@ import random
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
 from processor import records
+from processor.bench.stages import Bench, StageResult, _peak_rss_mb
 from processor.clock import iso, now_ms
 from processor.devtools.broker import free_port
 from processor.devtools.stack import apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
-
-if TYPE_CHECKING:
-    from processor.bench.stages import Bench, StageResult
 
 FAIL_SHARE = 0.10
 HANG_SHARE = 0.01
@@ -90,7 +88,7 @@ class SoakReceiver:
 
 
 def serve(port: int) -> None:
-    import uvloop
+    import uvloop  # optional: a dependency only where it builds (not on Windows)
 
     async def main() -> None:
         runner = web.AppRunner(SoakReceiver().app(), access_log=None)
@@ -179,8 +177,6 @@ class Tally:
 
 
 async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[StageResult]:
-    from processor.bench.stages import StageResult, _peak_rss_mb
-
     port = free_port()
     receiver = _start_receiver(port)
     url, down_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}"

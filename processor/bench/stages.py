@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -34,11 +34,10 @@ import aiohttp
 import orjson
 
 from processor import records
+from processor.bench.agent import OUT_SUFFIX
 from processor.clock import iso, now_ms
-from processor.devtools.broker import EmbeddedBroker, free_port
 from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
-from processor.logs import configure
 from processor.ops.summary import percentile
 from processor.settings import Settings
 
@@ -203,8 +202,6 @@ class Bench:
         return StageResult("raw HTTP (aiohttp client)", n, elapsed)
 
     async def plain_agent(self) -> StageResult:
-        from processor.bench.agent import OUT_SUFFIX
-
         settings = self.settings()
         # Brokers that do not create topics on demand (Apache Kafka here) need the output too.
         out = settings.topics.name(OUT_SUFFIX)
@@ -365,8 +362,6 @@ def stage_from_stamps(name: str, stamps: list[int], expected: int) -> StageResul
 
 
 def _popen(worker: WorkerProcess, command: list[str]) -> subprocess.Popen[bytes]:
-    import os
-
     env = {**os.environ, **worker.settings.as_env()}
     with worker.log_path.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -406,8 +401,6 @@ def _peak_rss_mb(worker: WorkerProcess) -> float:
 def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, "-m", "processor.devtools.receiver", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import socket
-
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
@@ -417,27 +410,6 @@ def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
             time.sleep(0.05)
     process.kill()
     raise RuntimeError("the bench receiver did not start")
-
-
-async def run_stages(bench: Bench) -> list[StageResult]:
-    from processor.bench.soak import run_soak_stage
-    from processor.bench.state import run_state_stage
-
-    stage_functions = {"raw": bench.raw_http, "agent": bench.plain_agent, "processor": bench.processor,
-                       "dispatcher": bench.dispatcher, "e2e": bench.end_to_end}
-    results: list[StageResult] = []
-    for name in bench.config.stages:
-        cpu_before = broker_cpu_s(bench.broker_pids)
-        if name == "state":
-            stage = await run_state_stage(bench, bench.config.state_profiles)
-        elif name == "soak":
-            stage = await run_soak_stage(bench, bench.config.soak_events, bench.config.soak_seconds)
-        else:
-            stage = [await stage_functions[name]()]
-        if bench.broker_pids and stage:
-            stage[0].broker_cpu_s = broker_cpu_s(bench.broker_pids) - cpu_before
-        results += stage
-    return results
 
 
 def broker_cpu_s(pids: tuple[int, ...]) -> float:
@@ -451,47 +423,3 @@ def broker_cpu_s(pids: tuple[int, ...]) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     return total
-
-
-def run_bench(config: BenchConfig, as_json: bool = False) -> int:
-    configure("console", "warning")
-    with tempfile.TemporaryDirectory(prefix="flowhook-bench-") as tmp:
-        workdir = Path(tmp)
-        port = free_port()
-        receiver = start_receiver_process(port)
-        broker = None if config.brokers else _start_broker(config, workdir)
-        try:
-            brokers = broker.bootstrap if broker is not None else str(config.brokers)
-            pids = tuple(broker.pids()) if broker is not None else ()
-            results = _run(Bench(config, brokers, workdir, port, pids))
-        finally:
-            receiver.terminate()
-            if broker is not None:
-                broker.stop()
-    report(config, results, as_json)
-    return 0 if all(not r.note.startswith(("incomplete", "not ready")) for r in results) else 1
-
-
-def _start_broker(config: BenchConfig, workdir: Path) -> Any:
-    """The broker the stages run on: the embedded one, or one Apache Kafka node."""
-    if config.broker == "kafka":
-        from processor.devtools.kafka_runner import KafkaCluster
-
-        return KafkaCluster(nodes=1, data_dir=workdir / "kafka").start()
-    return EmbeddedBroker(log_file=workdir / "broker.log").start()
-
-
-def _run(bench: Bench) -> list[StageResult]:
-    import uvloop
-
-    return uvloop.run(run_stages(bench))
-
-
-def report(config: BenchConfig, results: list[StageResult], as_json: bool) -> None:
-    from processor.bench.report import print_report
-
-    if as_json:
-        payload = {"config": config.__dict__, "stages": [r.as_dict() for r in results]}
-        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
-    else:
-        print_report(config, results)

@@ -8,21 +8,20 @@ from __future__ import annotations
 
 import getpass
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from processor.cli.flows import _run as run_kafka  # one mapping of Kafka errors to exit 1
+from processor.cli.base import load_settings, run_kafka
+from processor.clock import now_ms
+from processor.console import auth
+from processor.console.audit import audit_record, write_once
 from processor.console.auth import ROLES
+from processor.console.users import UserError, UserStore
 from processor.durations import DurationError, parse_duration_ms
-
-
-def load_settings(**overrides: Any) -> Any:
-    from processor.cli.main import load_settings as load  # cli imports this module: import late
-
-    return load(**overrides)
 
 
 @click.group(invoke_without_command=True)
@@ -40,6 +39,7 @@ def console(ctx: click.Context, port: int, host: str, index_path: Path | None, r
     """The web console: flows, activity logs, failures, replay, preview, status and publishing."""
     if ctx.invoked_subcommand is not None:
         return
+    # heavy (aiohttp, jinja2, the engine for previews): only the server needs them
     from processor.console.app import serve
     from processor.console.context import config_from_env
 
@@ -59,8 +59,7 @@ def users() -> None:
 
 
 def _store_and_settings(brokers: str | None) -> tuple[Any, Any]:
-    from processor.console.context import users_file
-    from processor.console.users import UserStore
+    from processor.console.context import users_file  # heavy (aiohttp): the console's web context
 
     settings = load_settings(brokers=brokers)
     return UserStore(users_file(settings)), settings
@@ -68,8 +67,6 @@ def _store_and_settings(brokers: str | None) -> tuple[Any, Any]:
 
 def _audited(settings: Any, action: str, user: str, change: Callable[[], Any], **detail: Any) -> Any:
     """Write the audit record, then make the change (an unauditable change is not made)."""
-    from processor.console.audit import audit_record, write_once
-
     record = audit_record(who=f"cli:{getpass.getuser()}", role=None, action=action,
                           detail={"user": user, **detail})
     run_kafka(settings, write_once(settings, record))
@@ -94,9 +91,6 @@ stdin_option = click.option("--password-stdin", is_flag=True, help="Read the pas
 @brokers_option
 def add(name: str, role: str, password_stdin: bool, brokers: str | None) -> None:
     """Add a user with a role; the password is asked for (or read from stdin)."""
-    from processor.clock import now_ms
-    from processor.console.users import UserError
-
     store, settings = _store_and_settings(brokers)
     password = _password(password_stdin)
     if store.get(name) is not None:
@@ -156,11 +150,7 @@ def remove(name: str, brokers: str | None) -> None:
 @brokers_option
 def enable_2fa(name: str, brokers: str | None) -> None:
     """Enrol a TOTP app: shows the QR code and secret, then asks for a code from the app."""
-    import time
-
-    import segno
-
-    from processor.console import auth
+    import segno  # only enrolment draws a QR code
 
     store, settings = _store_and_settings(brokers)
     store.get_required(name)
@@ -196,6 +186,6 @@ def disable_2fa(name: str, brokers: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 def bench(deliveries: int, attempts: int, as_json: bool) -> None:
     """Time the activity log, failures and flows pages over a scratch index of N deliveries."""
-    from processor.bench.console import run_bench
+    from processor.bench.console import run_bench  # heavy (aiohttp, jinja2): the console's pages
 
     sys.exit(run_bench(deliveries, attempts, as_json=as_json))

@@ -7,8 +7,12 @@ import gc
 import click
 
 from processor import constants as c
+from processor.cli.base import load_settings, run_async
 from processor.cli.options import metrics_port_option
 from processor.dispatch.breaker import DEFAULT_THRESHOLD
+from processor.dispatch.replay import ReplayFilter, parse_time
+from processor.dispatch.replay import replay as replay_outcome
+from processor.durations import DurationError, parse_duration_ms
 
 
 def _tune_gc() -> None:
@@ -72,9 +76,8 @@ def dispatcher(
     metrics_port: int | None,
 ) -> None:
     """Run the webhook dispatcher pool until SIGTERM/SIGINT (or until drained, with --drain)."""
-    from processor.cli.main import load_settings, run_async
+    # heavy (aiohttp, prometheus_client): only this command needs the worker
     from processor.dispatch.worker import DispatcherOptions, run_dispatcher
-    from processor.durations import DurationError, parse_duration_ms
 
     try:
         open_ms = parse_duration_ms(breaker_open)
@@ -106,10 +109,6 @@ def replay(
     brokers: str | None, flow_id: str | None, since: str | None, until: str | None, outcome: str, idle: float
 ) -> None:
     """Send dead (or failed, or invalid) deliveries again, as fresh attempts with their webhook-id."""
-    from processor.cli.main import load_settings, run_async
-    from processor.dispatch.replay import ReplayFilter, parse_time
-    from processor.dispatch.replay import replay as replay_outcome
-
     try:
         selection = ReplayFilter(flow_id=flow_id, since_ms=parse_time(since), until_ms=parse_time(until))
     except ValueError as exc:

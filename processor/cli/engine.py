@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from processor.cli.base import load_settings, run_async
 from processor.cli.options import metrics_port_option
 
 
@@ -31,8 +32,6 @@ def processor(
     brokers: str | None, store: str | None, data_dir: Path | None, metrics_port: int | None
 ) -> None:
     """Run the flow processor (a Faust worker): events in, webhook-due records out."""
-    from processor.cli.main import load_settings, run_async
-
     settings = load_settings(brokers=brokers, store=store, data_dir=data_dir, metrics_port=metrics_port)
     raise SystemExit(run_async(_serve(settings), worker=True))
 
@@ -49,7 +48,7 @@ def _tune_gc() -> None:
 
 async def _serve(settings: object) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully (commit offsets, flush the producer)."""
-    from processor.engine.app import run_processor
+    from processor.engine.app import run_processor  # heavy (faust, aiohttp): only this command needs it
 
     _tune_gc()
     stop = asyncio.Event()

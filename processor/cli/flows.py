@@ -6,14 +6,22 @@ file:line: field: message).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
+from rich.table import Table
 
-from processor.errors import InputError, Problem
-from processor.flows.loader import FLOW_SUFFIXES, CheckedFile, check_flow_file
+from processor.cli.base import load_settings, run_kafka
+from processor.cli.flows_import import run_import
+from processor.engine.preview import preview as walk
+from processor.engine.preview import read_record_file
+from processor.errors import FlowhookError, InputError, Problem, warning_line
+from processor.flows.loader import FLOW_SUFFIXES, CheckedFile, check_flow_file, flow_from_dict
+from processor.ops import publish
 
 EXIT_BAD_INPUT = 2
 
@@ -44,11 +52,6 @@ def check_files(paths: tuple[Path, ...], allow_http: bool | None) -> list[Checke
             item.problems.append(Problem(item.path, 1, "id", message))
             item.flow = None
     return checked
-
-
-def warning_line(warning: Problem) -> str:
-    """A warning as `flows validate` prints it (problems print as `str(problem)`)."""
-    return f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}"
 
 
 def report(checked: list[CheckedFile], *, quiet_ok: bool = False) -> bool:
@@ -97,9 +100,6 @@ def validate(paths: tuple[Path, ...], allow_http: bool | None) -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str | None) -> None:
     """Validate, then publish changed flows to the flows topic (new version per change)."""
-    from processor.cli.main import load_settings
-    from processor.ops import publish
-
     checked = check_files(paths, allow_http)
     if not report(checked, quiet_ok=True):
         click.echo("nothing was published", err=True)
@@ -112,15 +112,13 @@ def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str
             click.echo(f"{change.kind:9} {change.flow_id} version {change.version} ({change.source})")
         return await _report_refusals([c.flow_id for c in changes])
 
-    sys.exit(_run(settings, run()))
+    sys.exit(run_kafka(settings, run()))
 
 
 async def _report_refusals(flow_ids: list[str]) -> int:
     """With FLOWHOOK_PROCESSOR_ENDPOINTS set: give the processors a moment to read the flows,
     then say (exit 1) which of the applied ones a processor refuses to run."""
-    import asyncio
-
-    from processor.ops.fleet import endpoints_from_env, refusals
+    from processor.ops.fleet import endpoints_from_env, refusals  # heavy (aiohttp): only when applying
 
     endpoints = endpoints_from_env()
     if not endpoints or not flow_ids:
@@ -150,8 +148,6 @@ def import_command(file: Path, output: Path | None, metrics: tuple[str, ...], fl
     Prints what was skipped or could not be imported; exit 2 when nothing usable remains
     (no trigger or no webhook step) or the result needs fixing before `flows apply`.
     """
-    from processor.cli.flows_import import run_import
-
     sys.exit(run_import(file, output, metrics, flow_id, allow_http))
 
 
@@ -159,13 +155,10 @@ def import_command(file: Path, output: Path | None, metrics: tuple[str, ...], fl
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def list_command(brokers: str | None) -> None:
     """Show the flows on the flows topic: id, name, status, trigger, version, steps."""
-    from processor.cli.main import load_settings
-    from processor.ops import publish
-
     settings = load_settings(brokers=brokers)
 
     async def run() -> int:
-        from processor.ops.fleet import endpoints_from_env, refusals
+        from processor.ops.fleet import endpoints_from_env, refusals  # heavy (aiohttp): only when listing
 
         current = await publish.current_records(settings)
         rows = [publish.flow_row(r, _flow_or_none(r)) for _, r in sorted(current.items())]
@@ -177,7 +170,7 @@ def list_command(brokers: str | None) -> None:
         _print_table(rows)
         return 0
 
-    sys.exit(_run(settings, run()))
+    sys.exit(run_kafka(settings, run()))
 
 
 @flows.command("delete")
@@ -185,9 +178,6 @@ def list_command(brokers: str | None) -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def delete_command(flow_id: str, brokers: str | None) -> None:
     """Remove a flow (publishes a tombstone); its running runs stop at their next step."""
-    from processor.cli.main import load_settings
-    from processor.ops import publish
-
     settings = load_settings(brokers=brokers)
 
     async def run() -> int:
@@ -197,26 +187,10 @@ def delete_command(flow_id: str, brokers: str | None) -> None:
         click.echo(f"deleted {flow_id}")
         return 0
 
-    sys.exit(_run(settings, run()))
-
-
-def _run(settings: Any, coro: Any) -> int:
-    """Run a Kafka coroutine; an unreachable broker is a one-line failure (exit 1), not a traceback."""
-    from aiokafka.errors import KafkaError
-
-    from processor.cli.main import run_async
-    from processor.kafka import connect_failure
-
-    try:
-        return run_async(coro)
-    except (KafkaError, OSError) as exc:
-        raise click.ClickException(connect_failure(settings, exc)) from None
+    sys.exit(run_kafka(settings, run()))
 
 
 def _flow_or_none(record: dict[str, Any]) -> Any:
-    from processor.errors import FlowhookError
-    from processor.flows.loader import flow_from_dict
-
     try:
         return flow_from_dict(record.get("definition"), source=str(record.get("source")),
                               version=int(record.get("version", 1)), allow_http=True)
@@ -225,9 +199,6 @@ def _flow_or_none(record: dict[str, Any]) -> Any:
 
 
 def _print_table(rows: list[dict[str, str]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{len(rows)} flow{'' if len(rows) == 1 else 's'}")
     for column in ("id", "name", "status", "trigger", "version", "steps"):
         table.add_column(column, justify="right" if column == "version" else "left",
@@ -246,9 +217,6 @@ def _print_table(rows: list[dict[str, str]]) -> None:
 @http_option
 def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_http: bool | None) -> None:
     """Render the requests a flow would send for one event, sending nothing."""
-    from processor.engine.preview import preview as walk
-    from processor.engine.preview import read_record_file
-
     checked = check_flow_file(flow_file, allow_http=True if allow_http is None else allow_http)
     try:
         if checked.flow is None:
@@ -260,7 +228,7 @@ def preview(flow_file: Path, event_file: Path, profile_file: Path | None, allow_
             click.echo(click.style(str(problem), fg="red"), err=True)
         sys.exit(EXIT_BAD_INPUT)
     for warning in checked.warnings:
-        click.echo(f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}")
+        click.echo(warning_line(warning))
     shown = walk(checked.flow, event, profile)
     for line in shown.lines:
         click.echo(line)

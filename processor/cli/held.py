@@ -10,14 +10,14 @@ from typing import Any
 
 import click
 import orjson
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.table import Table
+
+from processor.cli.base import brokers_option, load_settings, run_async
+from processor.dispatch import held as queue
 
 IDLE_HELP = "Seconds without new records that end reading the topics."
-
-
-def brokers_option(func: Any) -> Any:
-    # Declared here, not imported from processor.cli.main: the cli module imports this one.
-    help_text = "Kafka bootstrap servers (env FLOWHOOK_BROKERS)."
-    return click.option("--brokers", default=None, help=help_text)(func)
 
 
 @click.group()
@@ -32,8 +32,6 @@ def held() -> None:
 @click.option("--idle", default=1.0, show_default=True, help=IDLE_HELP)
 def list_command(brokers: str | None, flow_id: str | None, as_json: bool, idle: float) -> None:
     """Show the deliveries waiting for review, oldest first."""
-    from processor.dispatch import held as queue
-
     settings = _settings(brokers)
     waiting = _run(settings, queue.read_queue(settings, idle_s=idle))
     rows = [h.row() for h in waiting if flow_id is None or h.flow_id == flow_id]
@@ -57,8 +55,6 @@ def _selection_options(func: Any) -> Any:
 def send_command(delivery_ids: tuple[str, ...], flow_id: str | None, everything: bool, idle: float,
                  brokers: str | None) -> None:
     """Send queued deliveries (by id, --flow or --all); each keeps its original webhook-id."""
-    from processor.dispatch import held as queue
-
     selection = _selection(delivery_ids, flow_id, everything)
     settings = _settings(brokers)
     done = _run(settings, queue.send(settings, selection, idle_s=idle))
@@ -70,8 +66,6 @@ def send_command(delivery_ids: tuple[str, ...], flow_id: str | None, everything:
 def cancel_command(delivery_ids: tuple[str, ...], flow_id: str | None, everything: bool, idle: float,
                    brokers: str | None) -> None:
     """Cancel queued deliveries (by id, --flow or --all): each gets the outcome `cancelled`."""
-    from processor.dispatch import held as queue
-
     selection = _selection(delivery_ids, flow_id, everything)
     settings = _settings(brokers)
     done = _run(settings, queue.cancel(settings, selection, idle_s=idle))
@@ -79,11 +73,9 @@ def cancel_command(delivery_ids: tuple[str, ...], flow_id: str | None, everythin
 
 
 def _selection(delivery_ids: tuple[str, ...], flow_id: str | None, everything: bool) -> Any:
-    from processor.dispatch.held import Selection
-
     if not (delivery_ids or flow_id or everything):
         raise click.UsageError("name delivery ids, or use --flow FLOW_ID or --all")
-    return Selection(delivery_ids=tuple(delivery_ids), flow_id=flow_id, everything=everything)
+    return queue.Selection(delivery_ids=tuple(delivery_ids), flow_id=flow_id, everything=everything)
 
 
 def _report(verb: str, done: list[Any], asked: tuple[str, ...]) -> None:
@@ -99,17 +91,11 @@ def _report(verb: str, done: list[Any], asked: tuple[str, ...]) -> None:
 
 
 def _settings(brokers: str | None) -> Any:
-    from processor.cli.main import load_settings
-
     return load_settings(brokers=brokers)
 
 
 def _run(settings: Any, coro: Any) -> Any:
     """Run a Kafka coroutine; an unreachable broker is one line and exit 1."""
-    from aiokafka.errors import KafkaError
-
-    from processor.cli.main import run_async
-
     box: list[Any] = []
 
     async def main() -> None:
@@ -123,9 +109,6 @@ def _run(settings: Any, coro: Any) -> Any:
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"{len(rows)} deliver{'y' if len(rows) == 1 else 'ies'} waiting for review")
     columns = ("delivery_id", "flow_id", "step_id", "profile_id", "method", "destination", "due_at")
     for column in columns:

@@ -10,7 +10,16 @@ from typing import Any, get_args
 
 import click
 import orjson
+from rich.console import Console
+from rich.table import Table
 
+from processor.cli.base import load_settings, run_async
+from processor.dispatch.replay import parse_time
+from processor.ops.delivery_view import describe_delivery, print_delivery
+from processor.ops.lag import group_lags
+from processor.ops.reading import Selection, read_results
+from processor.ops.summary import summarize
+from processor.ops.summary_table import print_summary
 from processor.records import Outcome
 
 __all__ = ["lag", "results"]
@@ -51,10 +60,6 @@ def results(follow: bool, flow_id: str | None, delivery_id: str | None, outcomes
             since: str | None, until: str | None, limit: int | None, summary: bool, as_json: bool,
             idle: float, brokers: str | None) -> None:
     """Read delivery and run outcomes from the results topic (JSON lines, a delivery, or a summary)."""
-    from processor.cli.main import load_settings, run_async
-    from processor.dispatch.replay import parse_time
-    from processor.ops.reading import Selection
-
     try:
         selection = Selection(flow_id=flow_id, delivery_id=delivery_id, outcomes=frozenset(outcomes),
                               since_ms=parse_time(since), until_ms=parse_time(until), limit=limit)
@@ -68,8 +73,6 @@ def results(follow: bool, flow_id: str | None, delivery_id: str | None, outcomes
 
 async def _results(settings: Any, selection: Any, collect: bool, summary: bool, as_json: bool, idle: float,
                    follow: bool) -> int:
-    from processor.ops.reading import read_results
-
     stop = _stop_on_ctrl_c()
     collected: list[dict[str, Any]] = []
     async for raw, value in read_results(settings, selection, idle_s=idle, follow=follow, stop=stop.is_set):
@@ -86,9 +89,6 @@ async def _results(settings: Any, selection: Any, collect: bool, summary: bool, 
 
 
 def _show_summary(collected: list[dict[str, Any]], as_json: bool) -> None:
-    from processor.ops.summary import summarize
-    from processor.ops.summary_table import print_summary
-
     figures = summarize(collected)
     if as_json:
         click.echo(orjson.dumps(figures.as_dict()).decode())
@@ -97,8 +97,6 @@ def _show_summary(collected: list[dict[str, Any]], as_json: bool) -> None:
 
 
 def _show_delivery(delivery_id: str, collected: list[dict[str, Any]], as_json: bool) -> None:
-    from processor.ops.delivery_view import describe_delivery, print_delivery
-
     view = describe_delivery(delivery_id, collected)
     if as_json:
         click.echo(orjson.dumps(view).decode())
@@ -112,9 +110,6 @@ def _show_delivery(delivery_id: str, collected: list[dict[str, Any]], as_json: b
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def lag(groups: tuple[str, ...], as_json: bool, brokers: str | None) -> None:
     """Committed consumer lag per consumer group and topic (Flowhook's groups by default)."""
-    from processor.cli.main import load_settings, run_async
-    from processor.ops.lag import group_lags
-
     settings = load_settings(brokers=brokers)
     rows: list[Any] = []
 
@@ -131,9 +126,6 @@ def lag(groups: tuple[str, ...], as_json: bool, brokers: str | None) -> None:
 
 
 def _print_lag(rows: list[Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     if not rows:
         console.print("no consumer groups with committed offsets under this topic prefix")

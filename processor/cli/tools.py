@@ -1,4 +1,4 @@
-"""`flowhook demo|dev|send|bench`: the tools around the workers."""
+"""`flowhook broker|demo|dev|send|bench`: the tools around the workers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,31 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 
-from processor.cli.main import load_settings, run_async
+from processor.cli.base import load_settings, run_async
+from processor.devtools.sending import produce_lines, read_lines, schema_for_topic
+from processor.kafka import ensure_topics
+
+
+@click.command()
+@click.option("--port", default=9092, show_default=True,
+              help="Loopback port to listen on (with --nodes 3: PORT, PORT+1, PORT+2).")
+@click.option("--kafka", is_flag=True, help="Apache Kafka (KRaft) instead of the embedded broker.")
+@click.option("--nodes", type=click.Choice(["1", "3"]), default="1", show_default=True,
+              help="Kafka nodes (broker+controller each); 3 gives replication 3, min ISR 2.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep Kafka's data here (default: a temporary folder, removed at exit).")
+def broker(port: int, kafka: bool, nodes: str, data_dir: Path | None) -> None:
+    """Run only a broker on loopback until Ctrl-C: the embedded one, or Apache Kafka with --kafka."""
+    from processor.devtools.devserver import run_broker_only, run_kafka_only  # heavy: the embedded broker
+
+    load_settings()
+    if not kafka:
+        if nodes != "1" or data_dir is not None:
+            raise click.UsageError("--nodes and --data need --kafka")
+        sys.exit(run_broker_only(port))
+    sys.exit(run_kafka_only(port, int(nodes), data_dir, announce=click.echo))
 
 
 @click.command()
@@ -18,7 +41,7 @@ from processor.cli.main import load_settings, run_async
 @click.option("--timeout", default=90.0, show_default=True, help="Give up waiting after this many seconds.")
 def demo(events_file: Path | None, timeout: float) -> None:
     """Everything on one machine: broker, workers, receiver, sample flows and events."""
-    from processor.devtools.demo import run_demo
+    from processor.devtools.demo import run_demo  # heavy (aiohttp, the embedded broker): the dev tools
 
     sys.exit(run_demo(events_file=events_file, timeout_s=timeout))
 
@@ -32,7 +55,7 @@ def demo(events_file: Path | None, timeout: float) -> None:
 @click.option("--kafka", is_flag=True, help="Run on one Apache Kafka node, not the embedded broker.")
 def dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool) -> None:
     """Broker + processor + dispatcher (+ a local receiver) until Ctrl-C."""
-    from processor.devtools.devserver import run_dev
+    from processor.devtools.devserver import run_dev  # heavy (aiohttp, the embedded broker): the dev tools
 
     sys.exit(run_dev(port=port, flows_dir=flows_dir, receiver_port=receiver_port, kafka=kafka))
 
@@ -44,11 +67,6 @@ def dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool) -> N
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def send(file: Path, topic: str | None, rate: float | None, brokers: str | None) -> None:
     """Produce events (one JSON object per line) from FILE, keyed by profile, with progress."""
-    from rich.progress import Progress
-
-    from processor.devtools.sending import produce_lines, read_lines, schema_for_topic
-    from processor.kafka import ensure_topics
-
     settings = load_settings(brokers=brokers)
     topic = topic or settings.topics.events
     lines = read_lines(file, schema_for_topic(settings, topic))
@@ -112,7 +130,9 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
     processor with --state-profiles profiles and pending delays in a RocksDB state) and soak
     (--soak-events over --soak-seconds with 10% 503, 1% hanging and one destination down).
     """
-    from processor.bench.stages import ALL_STAGES, BenchConfig, run_bench
+    # heavy (faust, aiohttp, the embedded broker): only this command needs the bench
+    from processor.bench.run import run_bench
+    from processor.bench.stages import ALL_STAGES, BenchConfig
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
     unknown = [s for s in chosen if s not in ALL_STAGES]

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from processor.cli.base import load_settings
+from processor.topic_plan import planned_topics
+
 
 @click.group()
 def topics() -> None:
@@ -14,9 +17,6 @@ def topics() -> None:
 @click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 def plan(brokers: str | None) -> None:
     """Print one kafka-topics.sh command per topic (FLOWHOOK_PARTITIONS, _REPLICATION, _TOPIC_PREFIX)."""
-    from processor.cli.main import load_settings  # here: processor.cli.main imports this module
-    from processor.topic_plan import planned_topics
-
     settings = load_settings(brokers=brokers)
     for topic in planned_topics(settings):
         click.echo(topic.command(settings.brokers))

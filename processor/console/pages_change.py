@@ -14,7 +14,6 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from processor.cli.flows import warning_line
 from processor.clock import now_ms
 from processor.console import auth, index, queries
 from processor.console.audit import audit_record
@@ -22,6 +21,7 @@ from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.pages_view import log_filter
 from processor.dispatch.replay import requeue
+from processor.errors import Problem, warning_line
 from processor.flows.loader import CheckedFile, ParseError, check_definition, parse_text
 from processor.ops import publish
 
@@ -148,8 +148,6 @@ def _submitted_text(form: Any) -> tuple[str, str]:
 
 
 def _check_text(text: str, source: str) -> CheckedFile:
-    from processor.errors import Problem
-
     try:
         data, lines = parse_text(text, json_file=source.lower().endswith(".json"))
     except ParseError as exc:

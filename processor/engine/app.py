@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.streams import _current_event
 from faust.types import TP
 
@@ -42,6 +42,7 @@ from processor.engine.due import DueIndex
 from processor.engine.flowset import FlowSet
 from processor.engine.outbound import Outbound
 from processor.engine.placement import Placement
+from processor.engine.profiles import lookup
 from processor.engine.registry import FlowRegistry
 from processor.engine.state import due_of, never_due
 from processor.errors import FlowhookError
@@ -59,7 +60,6 @@ from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagWatch
 from processor.ops.metrics import WorkerMetrics
-from processor.ops.profiles import lookup
 from processor.outage import BrokerWatch
 from processor.records import invalid_copy
 from processor.settings import Settings
@@ -514,8 +514,6 @@ def _input(event: Any) -> Input:
 
 
 def _kafka_tp(tp: TP) -> Any:
-    from aiokafka import TopicPartition
-
     return TopicPartition(tp.topic, tp.partition)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from processor import __version__, records
-from processor.clock import now_ms, parse_iso_ms
+from processor.clock import iso, now_ms, parse_iso_ms
 from processor.constants import (
     HEADER_WEBHOOK_ID,
     HEADER_WEBHOOK_SIGNATURE,
@@ -89,8 +89,6 @@ def record_from_data(data: Any, lines: dict[PathKey, int], *, source: str, kind:
 
 
 def _iso_now() -> str:
-    from processor.clock import iso
-
     return iso(now_ms())
 
 

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import yaml
+
 MAPPING: Final = (
     ("trigger metric", "trigger: {metric: NAME} (name from --metric ID=NAME, else the id)"),
     ("trigger list / segment", "trigger: {list: ID} / {segment: ID}"),
@@ -511,8 +513,6 @@ def _brief(condition: Mapping[str, Any]) -> str:
 
 def to_yaml(definition: Mapping[str, Any]) -> str:
     """The definition as a YAML flow file; multi-line text (pasted bodies) as `|` blocks."""
-    import yaml
-
     class _Dumper(yaml.SafeDumper):
         pass
 

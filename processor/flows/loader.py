@@ -25,6 +25,7 @@ from processor.errors import InputError, Problem
 from processor.flows.build import build_flow
 from processor.flows.checks import Checker, field_name
 from processor.flows.model import Flow
+from processor.records import validation_error
 
 PathKey = tuple[str | int, ...]
 FLOW_SUFFIXES = (".yaml", ".yml", ".json")
@@ -251,7 +252,5 @@ def _enter(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: li
 
 def schema_problems(data: Any) -> list[tuple[PathKey, str]]:
     """The first problem schemas/flow.schema.json finds, as (path, message); empty when it matches."""
-    from processor.records import validation_error
-
     message = validation_error("flow", data)
     return [] if message is None else [((), f"{message} (schemas/flow.schema.json)")]

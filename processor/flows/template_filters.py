@@ -17,6 +17,7 @@ from typing import Any, Final
 from jinja2 import ChainableUndefined, Undefined, pass_environment
 from jinja2.sandbox import SandboxedEnvironment
 
+from processor.flows import django_filters
 from processor.flows.values import dumps, plain, text, tick, to_json_value
 
 
@@ -199,8 +200,6 @@ def f_date(value: Any, fmt: Any = "N j, Y") -> str:
 
 def _more_filters() -> dict[str, Any]:
     """The further Django/Klaviyo filters (processor.flows.django_filters)."""
-    from processor.flows import django_filters
-
     return {**django_filters.FILTERS, "count": f_length}
 
 

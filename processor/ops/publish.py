@@ -15,8 +15,10 @@ import orjson
 
 from processor.clock import iso, now_ms
 from processor.durations import format_duration_ms
+from processor.flows.delays import describe
 from processor.flows.loader import CheckedFile
 from processor.flows.model import DelayStep, Flow, SplitStep, Step, Trigger
+from processor.kafka import ensure_topics, make_producer, read_records
 from processor.logs import get_logger
 from processor.settings import Settings
 
@@ -68,8 +70,6 @@ def plan(files: Iterable[CheckedFile], current: Mapping[str, dict[str, Any]], *,
 
 async def current_records(settings: Settings) -> dict[str, dict[str, Any]]:
     """The latest record per flow id on the flows topic (tombstones remove a flow)."""
-    from processor.kafka import ensure_topics, read_records
-
     topic = settings.topics.flows
     await ensure_topics(settings, [topic])
     latest: dict[str, dict[str, Any]] = {}
@@ -89,8 +89,6 @@ async def current_records(settings: Settings) -> dict[str, dict[str, Any]]:
 
 async def apply(settings: Settings, files: list[CheckedFile]) -> list[Change]:
     """Publish every changed flow (files must be checked and free of problems)."""
-    from processor.kafka import make_producer
-
     changes = plan(files, await current_records(settings))
     todo = [c for c in changes if c.kind != "unchanged"]
     if todo:
@@ -109,8 +107,6 @@ async def apply(settings: Settings, files: list[CheckedFile]) -> list[Change]:
 
 async def delete(settings: Settings, flow_id: str) -> bool:
     """Publish a tombstone for `flow_id`; False when no such flow is on the topic."""
-    from processor.kafka import make_producer
-
     if flow_id not in await current_records(settings):
         return False
     producer = make_producer(settings)
@@ -159,8 +155,6 @@ def describe_steps(steps: Iterable[Step]) -> str:
 
 def describe_delay(step: DelayStep) -> str:
     """'wait 2d' or 'wait until 09:00 Europe/Berlin' (see `processor.flows.delays.describe`)."""
-    from processor.flows.delays import describe
-
     return describe(step)
 
 

@@ -17,10 +17,10 @@ import pytest
 
 from processor.devtools.broker import free_port
 from processor.devtools.stack import WorkerProcess
+from processor.engine.profiles import partition_of
 from processor.errors import ConfigError
 from processor.ops.endpoint import Endpoint, Readiness
 from processor.ops.metrics import WorkerMetrics
-from processor.ops.profiles import partition_of
 from processor.settings import Settings
 from tests.engine_helpers import definition, event, event_bytes, produce, publish_flows, webhook
 
