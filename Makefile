@@ -24,8 +24,11 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	bash .ci/test-legs
 
+# ruff; the import direction (import-linter, [tool.importlinter]); types (mypy, [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/flowhook bench
