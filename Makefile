@@ -22,6 +22,7 @@ dev: $(STAMP)
 test: $(STAMP)
 	bash .ci/install-system-packages
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	bash .ci/test-legs
 
 # ruff; the import direction (import-linter, [tool.importlinter]); types (mypy, [tool.mypy]).

@@ -28,7 +28,8 @@ TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held",
 
 @cache
 def schema(name: SchemaName) -> dict[str, Any]:
-    return orjson.loads((shipped_dir("schemas") / f"{name}.schema.json").read_bytes())
+    loaded: dict[str, Any] = orjson.loads((shipped_dir("schemas") / f"{name}.schema.json").read_bytes())
+    return loaded
 
 
 @cache

@@ -88,8 +88,9 @@ def _median_ms(func: Callable[[], Any]) -> float:
 def measure(conn: Any, now: int) -> dict[str, float]:
     templates = make_templates()
     activity = templates.get_template("activity.html")
-    common = {"user": None, "csrf": "", "version": "bench", "path": "/", "errors": [], "steps": [],
-              "outcomes": queries.OUTCOMES, "query": {}, "base": "/"}
+    common: dict[str, Any] = {
+        "user": None, "csrf": "", "version": "bench", "path": "/", "errors": [], "steps": [],
+        "outcomes": queries.OUTCOMES, "query": {}, "base": "/"}
 
     def page(f: queries.LogFilter) -> Callable[[], Any]:
         def run() -> str:

@@ -129,8 +129,9 @@ async def _produce(settings: Any, count: int, rate: float, run: str, *, down_sha
             down = rng.random() < down_share
             downs += down
             properties = {"OrderId": str(index), "sent_ms": now_ms(), "down": down}
-            event = {"id": f"evt_{run}_{index}", "metric": "Soak Order", "time": iso(now_ms()),
-                     "profile": {"id": f"p_{index % 5000}"}, "properties": properties}
+            event: dict[str, Any] = {
+                "id": f"evt_{run}_{index}", "metric": "Soak Order", "time": iso(now_ms()),
+                "profile": {"id": f"p_{index % 5000}"}, "properties": properties}
             futures.append(await producer.send(settings.topics.events, orjson.dumps(event),
                                                key=event["profile"]["id"].encode()))
             if (ahead := (index + 1) / rate - (time.perf_counter() - started)) > 0:

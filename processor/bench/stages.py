@@ -129,7 +129,7 @@ class Bench:
     def event(self, index: int, run: str, timed: bool = True) -> dict[str, Any]:
         """A bench event; `timed` ones carry their produce time, so the receiver counts them."""
         profile = index % self.config.profiles
-        event = {
+        event: dict[str, Any] = {
             "id": f"evt_{run}_{index}",
             "metric": BENCH_METRIC,
             "time": iso(now_ms()),

@@ -136,7 +136,8 @@ async def publish_flow(request: web.Request) -> web.StreamResponse:
 
 def _submitted_text(form: Any) -> tuple[str, str]:
     upload = form.get("file")
-    if upload is not None and hasattr(upload, "file") and getattr(upload, "filename", ""):
+    filename = getattr(upload, "filename", "")
+    if upload is not None and hasattr(upload, "file") and filename:
         data = upload.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=len(data))
@@ -213,7 +214,7 @@ async def _replay(request: web.Request, console: Console, dues: list[dict[str, A
     ids = [d["delivery_id"] for d in dues]
     await console.index.write(index.record_replay, replay_id, at, who, ids)
     await requeue(console.settings, dues)
-    versions = sorted({d.get("flow_version") for d in dues if isinstance(d.get("flow_version"), int)})
+    versions = sorted({v for d in dues if isinstance(v := d.get("flow_version"), int)})
     await console.audit.write(audit_record(
         who=who, role=role, action=action, flow_id=flow_id, flow_version=versions[-1] if versions else None,
         detail={**detail, "deliveries": len(ids), "webhook_ids": ids[:100], "replay_id": replay_id},

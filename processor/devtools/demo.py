@@ -180,8 +180,9 @@ async def start_birthdays(
     flows = len(_examples())
     if not await wait_for_figure(processor_port, lambda m: m.readyz.get("flows", 0) >= flows, 10):
         return 0
-    profiles = [{"id": f"p_bday_{n}", "email": f"birthday{n}@example.com", "first_name": f"Cake{n}",
-                 "properties": {"birthday": f"1990{birthday[4:]}"}} for n in range(BIRTHDAY_PROFILES)]
+    profiles: list[dict[str, Any]] = [
+        {"id": f"p_bday_{n}", "email": f"birthday{n}@example.com", "first_name": f"Cake{n}",
+         "properties": {"birthday": f"1990{birthday[4:]}"}} for n in range(BIRTHDAY_PROFILES)]
     lines = [Line(n, p["id"].encode(), orjson.dumps(p)) for n, p in enumerate(profiles, 1)]
     await produce_lines(settings, settings.topics.profiles, lines)
     handled = f'flowhook_events_total{{outcome="accepted",topic="{settings.topics.profiles}"}}'

@@ -104,7 +104,8 @@ async def start_receiver(receiver: Receiver, port: int = 0) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    sockets = site._server.sockets if site._server else []  # aiohttp offers no public accessor
+    server: Any = site._server  # aiohttp offers no public accessor
+    sockets = server.sockets if server else []
     return runner, sockets[0].getsockname()[1]
 
 

@@ -100,7 +100,7 @@ class EngineCrashed(FlowhookError):
     """The worker's Faust app crashed; the process should exit and be restarted."""
 
 
-class EngineTable(faust.Table):  # type: ignore[misc]
+class EngineTable(faust.Table):
     """The profile table, plus a catch-up read past the changelog's reported end.
 
     Why: Faust's recovery reads a changelog partition up to its high watermark, and the
@@ -189,7 +189,7 @@ class Engine:
             extra_topic_configs=changelog_configs(self.settings),
         )
         table.engine = self
-        return self.app.tables.add(table)
+        return self.app.tables.add(table)  # type: ignore[return-value]  # Faust types it as its base
 
     def _wire(self) -> None:
         source = self.app.topic(
@@ -202,7 +202,7 @@ class Engine:
         )
         self.app.agent(source, name="flowhook-engine")(self._agent)
         self.app.timer(DUE_TICK_S)(self._tick)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # async receivers work; Faust's type says sync
 
     # --- the hot path ---------------------------------------------------------------
 
@@ -300,7 +300,7 @@ class Engine:
 
     def _kafka_producer(self) -> AIOKafkaProducer:
         """The aiokafka producer inside Faust's: the one Faust flushes before committing."""
-        producer: AIOKafkaProducer = self.app.producer._ensure_producer()
+        producer: AIOKafkaProducer = self.app.producer._ensure_producer()  # type: ignore[attr-defined]  # private
         return producer
 
     def _changelog_topic(self) -> str:
@@ -391,7 +391,7 @@ class Engine:
     def read_state(self, key: bytes, partition: int) -> bytes | None:
         """A profile's stored state, read the way the agent reads it (see `_load`)."""
         ref = _LookupRef(SimpleNamespace(partition=partition))
-        _current_event.set(weakref.ref(ref))
+        _current_event.set(weakref.ref(ref))  # type: ignore[arg-type]  # a stand-in with the one attribute read
         raw: bytes | None = self.table.get(key)
         return raw
 
@@ -473,7 +473,7 @@ async def _read_tail(reader: AIOKafkaConsumer, table: EngineTable, active_tps: s
         batch = await reader.getmany(timeout_ms=100)
         events = [_changelog_event(r) for recs in batch.values() for r in recs]
         if events:
-            table.apply_changelog_batch(events)
+            table.apply_changelog_batch(events)  # type: ignore[arg-type]  # stand-ins with the attributes read
             applied += len(events)
             idle_since = time.monotonic()
     return applied
@@ -485,8 +485,8 @@ def make_idempotent(app: faust.App) -> None:
     its producer takes extra aiokafka options from `_settings_extra` when it starts (that is
     how its transactions switch idempotence on), so this adds the option there."""
     producer = app.producer
-    extra = producer._settings_extra
-    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}
+    extra = producer._settings_extra  # type: ignore[attr-defined]  # private
+    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}  # type: ignore[attr-defined]
 
 
 def shorten_fetch_wait(app: faust.App, wait_ms: int) -> bool:

@@ -7,6 +7,7 @@ hold stale entries, `_due` holds the truth.
 
 from __future__ import annotations
 
+import builtins
 import heapq
 
 
@@ -40,7 +41,7 @@ class DueIndex:
             out.append((profile_id, entry[1], due_ms, entry[2]))
         return out
 
-    def drop_partitions(self, partitions: set[int]) -> None:
+    def drop_partitions(self, partitions: builtins.set[int]) -> None:  # `set` is a method here
         """Forget profiles of partitions this worker no longer owns."""
         self._due = {k: v for k, v in self._due.items() if v[1] not in partitions}
 

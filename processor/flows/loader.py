@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import yaml
@@ -51,8 +51,12 @@ def _yaml_12_resolvers() -> None:
         re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
         list("-+0123456789."))
-    _FlowYamlLoader.add_constructor(
-        "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node)))
+    _FlowYamlLoader.add_constructor("tag:yaml.org,2002:int", _int_scalar)
+
+
+def _int_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """YAML 1.2 ints: only what the resolver above tagged (a scalar of digits) reaches here."""
+    return int(loader.construct_scalar(cast(yaml.ScalarNode, node)))
 
 
 _yaml_12_resolvers()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Final
@@ -130,7 +130,7 @@ def _ordinal(day: int) -> str:
     return {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
 
 
-_DATE_CODES: Final = {
+_DATE_CODES: Final[dict[str, Callable[[datetime], str]]] = {
     "d": lambda t: f"{t.day:02d}",
     "j": lambda t: str(t.day),
     "D": lambda t: t.strftime("%a"),
