@@ -69,8 +69,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture
-def settings(broker: Any, tmp_path: Path) -> Settings:
-    """Settings with a topic prefix of its own, so tests never see each other's records."""
+def settings(broker: Any, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings with a topic prefix of its own, so tests never see each other's records.
+
+    Under `@pytest.mark.quick_groups` the consumer-group timeouts are halved: the embedded
+    broker's joins take about half the session timeout, so tests that restart workers wait less.
+    """
+    if request.node.get_closest_marker("quick_groups") is not None:
+        quick = {"session_timeout_ms": 3_000, "heartbeat_interval_ms": 300, "rebalance_timeout_ms": 3_000}
+    else:
+        quick = {"session_timeout_ms": 6_000, "heartbeat_interval_ms": 500, "rebalance_timeout_ms": 6_000}
     return Settings(
         brokers=broker.bootstrap,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
@@ -79,9 +87,7 @@ def settings(broker: Any, tmp_path: Path) -> Settings:
         allow_http=True,
         data_dir=tmp_path / "data",
         store="memory",
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=500,
-        rebalance_timeout_ms=6_000,
+        **quick,
         replication=broker.replication,
         idempotence=broker.kind == "kafka",
     )

@@ -1,8 +1,8 @@
 """Preview of a flow's webhook steps for a real profile, as the processor holds it, and a pasted event.
 
-The profile comes from the processor worker that owns it (`profiles.lookup`); the walk and
-the rendering are `flowhook preview`'s own (`engine.preview.preview`), so the console shows
-exactly what the command line would, secrets masked. Nothing is sent.
+The profile comes from the processor worker that owns it (`profiles.lookup`); the run is
+the engine core's and the telling `flowhook preview`'s own (`engine.preview.preview`), so the
+console shows exactly what the command line would, secrets masked. Nothing is sent.
 """
 
 from __future__ import annotations

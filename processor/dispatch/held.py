@@ -25,12 +25,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from processor import records
-from processor.dispatch.replay import fresh_attempt
-from processor.kafka import ensure_topics, make_producer, read_records
+from processor.dispatch.replay import fresh_attempt, produce_all
+from processor.kafka import ensure_topics
 from processor.logs import get_logger
+from processor.ops.reading import latest_outcomes, read_dues
 from processor.settings import Settings
 
 log = get_logger(__name__)
@@ -108,55 +107,18 @@ def cancelled(due: dict[str, Any]) -> dict[str, Any]:
 # --- the Kafka edge ----------------------------------------------------------------------
 
 
-async def _read_held(settings: Settings, idle_s: float) -> list[tuple[int, dict[str, Any]]]:
-    # Like replay's dead-letter reader; kept apart until replay's readers settle (reliability
-    # is reworking them): then both read through one.
-    found = []
-    async for record in read_records(settings, settings.topics.held, idle_s=idle_s):
-        try:
-            value = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
-            log.warning("held_record_unreadable", partition=record.partition, offset=record.offset)
-            continue
-        if isinstance(value, dict) and isinstance(value.get("delivery_id"), str):
-            found.append((record.timestamp, value))
-    return found
-
-
-async def _latest_outcomes(settings: Settings, idle_s: float) -> dict[str, str]:
-    latest: dict[str, str] = {}
-    async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
-        try:
-            value = orjson.loads(record.value)
-        except orjson.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and value.get("type") == "delivery":
-            latest[value["delivery_id"]] = value["outcome"]
-    return latest
-
-
 async def read_queue(settings: Settings, *, idle_s: float = 1.0) -> list[HeldDelivery]:
     """The Needs-Review queue as the topics hold it now, oldest first."""
     await ensure_topics(settings, [settings.topics.held, settings.topics.results])
-    held, latest = await asyncio.gather(_read_held(settings, idle_s), _latest_outcomes(settings, idle_s))
+    held, (latest, _at) = await asyncio.gather(read_dues(settings, [settings.topics.held], idle_s),
+                                               latest_outcomes(settings, idle_s))
     return sorted(pending(held, latest), key=lambda h: h.held_at_ms)
-
-
-async def _produce(settings: Settings, items: list[tuple[str, str, dict[str, Any]]]) -> None:
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        acks = [await producer.send(topic, orjson.dumps(value), key=key.encode())
-                for topic, key, value in items]
-        await asyncio.gather(*acks)
-    finally:
-        await producer.stop()
 
 
 async def send(settings: Settings, selection: Selection, *, idle_s: float = 1.0) -> list[HeldDelivery]:
     """Send the selected queued deliveries (with their original webhook-id); returns them."""
     chosen = select(await read_queue(settings, idle_s=idle_s), selection)
-    await _produce(settings, [(settings.topics.webhooks, h.delivery_id, released(h.due)) for h in chosen])
+    await produce_all(settings, [(settings.topics.webhooks, h.delivery_id, released(h.due)) for h in chosen])
     log.info("held_sent", count=len(chosen), flow_id=selection.flow_id)
     return chosen
 
@@ -164,6 +126,6 @@ async def send(settings: Settings, selection: Selection, *, idle_s: float = 1.0)
 async def cancel(settings: Settings, selection: Selection, *, idle_s: float = 1.0) -> list[HeldDelivery]:
     """Cancel the selected queued deliveries (a `cancelled` result each, nothing sent)."""
     chosen = select(await read_queue(settings, idle_s=idle_s), selection)
-    await _produce(settings, [(settings.topics.results, h.delivery_id, cancelled(h.due)) for h in chosen])
+    await produce_all(settings, [(settings.topics.results, h.delivery_id, cancelled(h.due)) for h in chosen])
     log.info("held_cancelled", count=len(chosen), flow_id=selection.flow_id)
     return chosen

@@ -25,14 +25,15 @@ import orjson
 
 from processor.clock import iso, now_ms, parse_iso_ms
 from processor.durations import DurationError, parse_duration_ms
-from processor.kafka import ensure_topics, make_producer, read_records
+from processor.kafka import ensure_topics, make_producer
 from processor.logs import get_logger
+from processor.ops.reading import latest_outcomes, read_dues
 from processor.settings import Settings
 
 log = get_logger(__name__)
 
-__all__ = ["REPLAYABLE", "ReplayFilter", "fresh_attempt", "parse_time", "replay", "replay_dead", "requeue",
-           "select"]
+__all__ = ["REPLAYABLE", "ReplayFilter", "fresh_attempt", "parse_time", "produce_all", "replay",
+           "replay_dead", "requeue", "select"]
 
 REPLAYABLE = ("dead", "failed", "invalid")
 
@@ -96,49 +97,23 @@ def select(
     ]
 
 
-async def _read_dues(
-    settings: Settings, topics: list[str], idle_s: float
-) -> list[tuple[int, dict[str, Any]]]:
-    found = []
-    for topic in topics:
-        async for record in read_records(settings, topic, idle_s=idle_s):
-            try:
-                found.append((record.timestamp, orjson.loads(record.value)))
-            except (orjson.JSONDecodeError, TypeError):
-                log.warning("record_unreadable", topic=topic, offset=record.offset)
-    return [(at, d) for at, d in found if isinstance(d, dict) and isinstance(d.get("delivery_id"), str)]
-
-
-async def _read_latest_outcomes(settings: Settings, idle_s: float) -> tuple[dict[str, str], dict[str, int]]:
-    """Latest outcome of every delivery, and when it was recorded (epoch ms)."""
-    latest: dict[str, str] = {}
-    at: dict[str, int] = {}
-    async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
-        try:
-            value = orjson.loads(record.value)
-        except (orjson.JSONDecodeError, TypeError):
-            continue
-        if isinstance(value, dict) and value.get("type") == "delivery":
-            latest[value["delivery_id"]] = value["outcome"]
-            at[value["delivery_id"]] = record.timestamp
-    return latest, at
-
-
 async def requeue(settings: Settings, dues: list[dict[str, Any]]) -> int:
     """Produce each webhook-due record as a fresh first try (same delivery id, so same webhook-id)."""
+    topic = settings.topics.webhooks
+    await produce_all(settings, [(topic, due["delivery_id"], fresh_attempt(due)) for due in dues])
+    return len(dues)
+
+
+async def produce_all(settings: Settings, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+    """Produce (topic, key, record) items and wait until every one is acknowledged."""
     producer = make_producer(settings)
     await producer.start()
     try:
-        acks = [
-            await producer.send(
-                settings.topics.webhooks, orjson.dumps(fresh_attempt(due)), key=due["delivery_id"].encode()
-            )
-            for due in dues
-        ]
+        acks = [await producer.send(topic, orjson.dumps(value), key=key.encode())
+                for topic, key, value in items]
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
-    return len(dues)
 
 
 async def replay(
@@ -150,8 +125,8 @@ async def replay(
     await ensure_topics(settings)
     topics = [settings.topics.dead_letter] if outcome == "dead" else [
         settings.topics.webhooks, *settings.topics.retry_tiers]
-    found, (latest, at) = await asyncio.gather(_read_dues(settings, topics, idle_s),
-                                               _read_latest_outcomes(settings, idle_s))
+    found, (latest, at) = await asyncio.gather(read_dues(settings, topics, idle_s),
+                                               latest_outcomes(settings, idle_s))
     if outcome != "dead":  # the time of a failure is its result's, not the record's
         found = [(at.get(due["delivery_id"], died), due) for died, due in found]
     chosen = select(found, latest, selection, outcome)

@@ -30,6 +30,7 @@ from processor import records
 from processor.clock import iso, parse_iso_ms
 from processor.engine.flowset import END, FlowSet, Program
 from processor.engine.state import OUTBOX_KEEP_MS, OUTBOX_MAX_ENTRIES, DateSchedule, ProfileState, Run
+from processor.engine.trace import Trace, TraceStep
 from processor.flows import delays
 from processor.flows.filters import FilterContext, evaluate
 from processor.flows.lookup import MISSING, profile_value
@@ -72,6 +73,7 @@ def handle(
     flows: FlowSet,
     now_ms: int,
     src: str | None = None,
+    trace: Trace | None = None,
 ) -> Outcome:
     """Handle one input record of this profile.
 
@@ -80,13 +82,16 @@ def handle(
     table write reached Kafka but before the outputs did, the record is read again at the
     same position and its outputs are produced again instead of being lost (a replayed
     event has a new position and is de-duplicated instead).
+
+    `trace`, when given, collects every decision taken (`engine.trace`): preview's view of
+    the run. The engine passes none.
     """
     if src is not None:
         for position, _at, packed in state.outbox:
             if position == src:
                 return Outcome(state, [Output(*o) for o in packed], changed=False)
     handler = _HANDLERS[kind]
-    outcome = handler(state, record, flows, now_ms)
+    outcome = handler(state, record, flows, now_ms, trace)
     if src is not None and outcome.outputs:
         _remember_outputs(state, src, now_ms, outcome.outputs)
     return outcome
@@ -112,7 +117,9 @@ def _remember_outputs(state: ProfileState, src: str, now_ms: int, outputs: list[
     state.outbox = kept[-OUTBOX_MAX_ENTRIES:]
 
 
-def handle_event(state: ProfileState, event: dict[str, Any], flows: FlowSet, now_ms: int) -> Outcome:
+def handle_event(
+    state: ProfileState, event: dict[str, Any], flows: FlowSet, now_ms: int, trace: Trace | None = None
+) -> Outcome:
     """A storefront event: merge its profile fields, de-duplicate, record, start runs, advance."""
     event_id = event["id"]
     if event_id in state.seen:
@@ -123,27 +130,32 @@ def handle_event(state: ProfileState, event: dict[str, Any], flows: FlowSet, now
     event_ms = event_time_ms(event, now_ms)
     state.record_metric(event["metric"], event_ms)
     for program in flows.triggered_by(event["metric"]):
-        if _trigger_matches(program.flow, event):
-            _try_start(state, program, event, event_ms, flows, now_ms, outputs)
-    _refresh_and_advance(state, flows, now_ms, outputs)
+        other = _membership_mismatch(program.flow, event)
+        if other is None:
+            _try_start(state, program, event, event_ms, flows, now_ms, outputs, trace)
+        elif trace is not None:
+            trace.append(TraceStep("not_member", program.flow.id, at_ms=now_ms, reason=other))
+    _refresh_and_advance(state, flows, now_ms, outputs, trace)
     return Outcome(state, outputs)
 
 
 def handle_profile_update(
-    state: ProfileState, update: dict[str, Any], flows: FlowSet, now_ms: int
+    state: ProfileState, update: dict[str, Any], flows: FlowSet, now_ms: int, trace: Trace | None = None
 ) -> Outcome:
     """A profile update: merge it; it starts nothing except through date-property triggers."""
     outputs: list[Output] = []
     merge_profile(state.profile, update)
-    _refresh_and_advance(state, flows, now_ms, outputs)
+    _refresh_and_advance(state, flows, now_ms, outputs, trace)
     return Outcome(state, outputs)
 
 
-def handle_wakeup(state: ProfileState, wakeup: dict[str, Any], flows: FlowSet, now_ms: int) -> Outcome:
+def handle_wakeup(
+    state: ProfileState, wakeup: dict[str, Any], flows: FlowSet, now_ms: int, trace: Trace | None = None
+) -> Outcome:
     """A wake-up: advance whatever of this profile is due at `now_ms` (duplicates are harmless)."""
     outputs: list[Output] = []
     before = state.next_due_ms()
-    _refresh_and_advance(state, flows, now_ms, outputs)
+    _refresh_and_advance(state, flows, now_ms, outputs, trace)
     changed = bool(outputs) or state.next_due_ms() != before
     return Outcome(state, outputs, changed=changed)
 
@@ -190,14 +202,19 @@ def event_time_ms(event: dict[str, Any], default_ms: int) -> int:
 # --- entering a flow -------------------------------------------------------------------
 
 
-def _trigger_matches(flow: Flow, event: dict[str, Any]) -> bool:
+def _membership_mismatch(flow: Flow, event: dict[str, Any]) -> str | None:
+    """Why a list or segment trigger does not take this event (None: it does)."""
     trigger = flow.trigger
-    props = event.get("properties") or {}
+    if trigger.kind not in ("list", "segment"):
+        return None
     if trigger.kind == "list":
-        return str(props.get("list_id")) == str(trigger.list_id)
-    if trigger.kind == "segment":
-        return str(props.get("segment_id")) == str(trigger.segment_id)
-    return True
+        key, wanted = "list_id", trigger.list_id
+    else:
+        key, wanted = "segment_id", trigger.segment_id
+    got = (event.get("properties") or {}).get(key)
+    if str(got) == str(wanted):
+        return None
+    return f"the event is for {trigger.kind} {got!r}, this flow waits for {trigger.kind} {wanted!r}"
 
 
 def _try_start(
@@ -208,28 +225,57 @@ def _try_start(
     flows: FlowSet,
     now_ms: int,
     outputs: list[Output],
+    trace: Trace | None = None,
 ) -> None:
+    """Start a run of `program` for `event` when the flow's entry rules let it in."""
     flow = program.flow
     if flow.status == "draft":
+        if trace is not None:
+            trace.append(TraceStep("draft", flow.id, at_ms=now_ms))
         return
     ctx = _context(state, event, now_ms, None)
-    if evaluate(flow.trigger.filters, ctx) is not None:
-        return  # the event does not qualify: not a run, nothing to report
+    reason = evaluate(flow.trigger.filters, ctx)
+    if reason is not None:  # the event does not qualify: not a run, nothing to report
+        if trace is not None:
+            trace.append(TraceStep("trigger_filter_failed", flow.id, at_ms=now_ms, reason=reason))
+        return
     run_id = records.run_id(flow.id, state.profile_id, event["id"])
     if not _may_enter(state, flow, run_id, event_ms):
+        if trace is not None:
+            trace.append(TraceStep("reentry_refused", flow.id, run_id, now_ms, reason=flow.reentry.mode))
         return
     run = Run(
         run_id, flow.id, flow.version, program.start, _event_for_run(event), event_ms, shape=program.shape
     )
     reason = evaluate(flow.profile_filters, _context(state, event, now_ms, event_ms))
     if reason is not None:
+        if trace is not None:
+            trace.append(TraceStep("profile_filter_failed", flow.id, run_id, now_ms, reason=reason))
         outputs.append(_run_result(state, run, "exited", now_ms, f"profile filter at entry: {reason}"))
         return
     count, _last = state.entries.get(flow.id, [0, 0])
     state.entries[flow.id] = [count + 1, event_ms]
     state.runs[run_id] = run
+    if trace is not None:
+        trace.append(TraceStep("entered", flow.id, run_id, now_ms))
     outputs.append(_run_result(state, run, "entered", now_ms))
-    _advance(state, run, flows, now_ms, outputs)
+    _advance(state, run, flows, now_ms, outputs, trace)
+
+
+def start_run(
+    state: ProfileState,
+    program: Program,
+    event: dict[str, Any],
+    flows: FlowSet,
+    now_ms: int,
+    trace: Trace | None = None,
+) -> Outcome:
+    """Start `program` for `event` as its trigger would, whatever the trigger's kind: how
+    preview runs a date-property flow, whose pasted event only supplies template data."""
+    outputs: list[Output] = []
+    merge_profile(state.profile, event.get("profile") or {})
+    _try_start(state, program, event, event_time_ms(event, now_ms), flows, now_ms, outputs, trace)
+    return Outcome(state, outputs)
 
 
 def _may_enter(state: ProfileState, flow: Flow, run_id: str, at_ms: int) -> bool:
@@ -263,44 +309,90 @@ def _context(
 # --- advancing runs --------------------------------------------------------------------
 
 
-def _refresh_and_advance(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+def _refresh_and_advance(
+    state: ProfileState,
+    flows: FlowSet,
+    now_ms: int,
+    outputs: list[Output],
+    trace: Trace | None = None,
+) -> None:
     refresh_dates(state, flows, now_ms)
-    _fire_dates(state, flows, now_ms, outputs)
+    _fire_dates(state, flows, now_ms, outputs, trace)
     for run in list(state.runs.values()):
         if run.wake_ms is not None and run.wake_ms <= now_ms:
             run.wake_ms = None
-            _advance(state, run, flows, now_ms, outputs)
+            _advance(state, run, flows, now_ms, outputs, trace)
 
 
-def _advance(state: ProfileState, run: Run, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+def _advance(
+    state: ProfileState,
+    run: Run,
+    flows: FlowSet,
+    now_ms: int,
+    outputs: list[Output],
+    trace: Trace | None = None,
+) -> None:
     """Run steps until the run waits on a delay, exits or completes."""
     program = flows.version(run.flow_id, run.version, run.shape)
     current = flows.current(run.flow_id)
     while run.wake_ms is None:
         stop = _stop_reason(state, run, program, current, now_ms)
         if stop is not None:
+            if trace is not None:
+                trace.append(_exit_step(run, program, now_ms, stop))
             _finish(state, run, "exited", now_ms, outputs, stop)
             return
         assert program is not None  # _stop_reason checked it
         if run.pc == END:
+            if trace is not None:
+                trace.append(TraceStep("completed", run.flow_id, run.run_id, now_ms))
             _finish(state, run, "completed", now_ms, outputs)
             return
-        instruction = program.instructions[run.pc]
-        step = instruction.step
-        run.pc = instruction.next
-        if isinstance(step, DelayStep):
-            if instruction.next == END:
-                continue  # nothing follows: Klaviyo skips a delay at the end of a flow
-            run.wake_ms = delay_until(step, now_ms, state.profile)
-            if run.wake_ms <= now_ms:
-                run.wake_ms = None
-        elif isinstance(step, SplitStep):
-            if not _split_holds(state, run, step, now_ms):
-                run.pc = instruction.else_
-        elif isinstance(step, WebhookStep):
-            status = current.flow.status if current is not None else "draft"
-            due = webhook_due(state, run, program.flow, step, status, now_ms)
-            outputs.append(Output("webhook", due["delivery_id"], due))
+        status = current.flow.status if current is not None else "draft"
+        _step(state, run, program, status, now_ms, outputs, trace)
+
+
+def _step(
+    state: ProfileState,
+    run: Run,
+    program: Program,
+    status: str,
+    now_ms: int,
+    outputs: list[Output],
+    trace: Trace | None,
+) -> None:
+    """Take the instruction at the run's program counter and move the counter on."""
+    instruction = program.instructions[run.pc]
+    step = instruction.step
+    run.pc = instruction.next
+    if isinstance(step, DelayStep):
+        if instruction.next == END:
+            if trace is not None:
+                trace.append(TraceStep("delay_skipped", run.flow_id, run.run_id, now_ms, step))
+            return  # nothing follows: Klaviyo skips a delay at the end of a flow
+        run.wake_ms = delay_until(step, now_ms, state.profile)
+        if trace is not None:
+            trace.append(TraceStep("delay", run.flow_id, run.run_id, now_ms, step, until_ms=run.wake_ms))
+        if run.wake_ms <= now_ms:
+            run.wake_ms = None
+    elif isinstance(step, SplitStep):
+        failed = _split_failure(state, run, step, now_ms)
+        if failed is not None:
+            run.pc = instruction.else_
+        if trace is not None:
+            branch: Literal["then", "else"] = "then" if failed is None else "else"
+            trace.append(TraceStep("split", run.flow_id, run.run_id, now_ms, step, failed, branch=branch))
+    elif isinstance(step, WebhookStep):
+        due = webhook_due(state, run, program.flow, step, status, now_ms)
+        if trace is not None:
+            trace.append(TraceStep("webhook", run.flow_id, run.run_id, now_ms, step, due=due))
+        outputs.append(Output("webhook", due["delivery_id"], due))
+
+
+def _exit_step(run: Run, program: Program | None, now_ms: int, stop: str) -> TraceStep:
+    """The trace of a run stopping before the step at its program counter."""
+    step = program.instructions[run.pc].step if program is not None and run.pc != END else None
+    return TraceStep("exited", run.flow_id, run.run_id, now_ms, step, stop)
 
 
 def _stop_reason(
@@ -318,9 +410,10 @@ def _stop_reason(
     return None if reason is None else f"profile filter: {reason}"
 
 
-def _split_holds(state: ProfileState, run: Run, step: SplitStep, now_ms: int) -> bool:
-    """Conditions carry what they read (`on`: profile or the triggering event)."""
-    return evaluate(step.conditions, _context(state, run.event, now_ms, run.start_ms)) is None
+def _split_failure(state: ProfileState, run: Run, step: SplitStep, now_ms: int) -> str | None:
+    """Why the split's conditions fail (None: they hold, the run takes `then`).
+    Conditions carry what they read (`on`: profile or the triggering event)."""
+    return evaluate(step.conditions, _context(state, run.event, now_ms, run.start_ms))
 
 
 def _finish(
@@ -426,7 +519,9 @@ def unscheduled_dates(profile: dict[str, Any], scheduled: frozenset[str], flows:
     return False
 
 
-def _fire_dates(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output]) -> None:
+def _fire_dates(
+    state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[Output], trace: Trace | None = None
+) -> None:
     for flow_id, schedule in list(state.dates.items()):
         if schedule.target_ms is None or schedule.target_ms > now_ms:
             continue
@@ -439,7 +534,7 @@ def _fire_dates(state: ProfileState, flows: FlowSet, now_ms: int, outputs: list[
         schedule.target_ms = (
             date_occurrence(dp, schedule.value, schedule.target_ms + 1) if dp.yearly else None
         )
-        _try_start(state, program, event, parse_iso_ms(event["time"]), flows, now_ms, outputs)
+        _try_start(state, program, event, parse_iso_ms(event["time"]), flows, now_ms, outputs, trace)
 
 
 def _date_event(state: ProfileState, flow: Flow, schedule: DateSchedule) -> dict[str, Any]:

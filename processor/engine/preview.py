@@ -1,17 +1,20 @@
 """`flowhook preview`: the requests a flow would send for one event and profile. Sends nothing.
 
-The walk follows the run the engine would make: the trigger (metric, list or segment),
-trigger filters on the event, profile filters at entry, then each step in order. Splits are
-decided with the given profile and event, delays are shown as "then wait 2d", and before
-every webhook the profile filters are checked again, as the engine does. The run starts at
-the event's `time`, and history holds only the triggering event.
+Preview does not walk the flow itself: it runs the engine's own core (`engine.core.handle`)
+on a fresh profile state holding the given profile, for the event at the event's `time`,
+then wakes the run at the end of each delay as the processor would, and tells the core's
+trace (`engine.trace`) as text: entry (trigger, trigger filters, profile filters), each
+delay ("then wait 2d" and when the run moves on), each split and the branch taken, each
+webhook with the request of the webhook-due record the core produced, and an exit (the
+profile filters are checked again before every step). History holds only the triggering
+event. What preview shows is what the engine does, because it is the engine's code.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,14 @@ from processor.constants import (
     HEADER_WEBHOOK_TIMESTAMP,
     USER_AGENT_PREFIX,
 )
+from processor.engine import core
+from processor.engine.flowset import FlowSet
+from processor.engine.state import ProfileState
+from processor.engine.trace import Trace, TraceStep
 from processor.errors import InputError, Problem
-from processor.flows.filters import FilterContext, evaluate
 from processor.flows.loader import ParseError, PathKey, line_of, parse_text
 from processor.flows.model import DelayStep, Flow, SplitStep, Step, WebhookStep
-from processor.flows.render import SECRET_TAG, RenderedRequest, render_webhook
+from processor.flows.render import SECRET_TAG, RenderedRequest
 from processor.ops.publish import describe_delay, describe_trigger
 
 MASK = "••••"
@@ -41,6 +47,7 @@ class Preview:
     lines: list[str] = field(default_factory=list)
     requests: list[tuple[str, RenderedRequest]] = field(default_factory=list)
     entered: bool = False
+    dues: list[dict[str, Any]] = field(default_factory=list)  # the core's webhook-due records
 
     def say(self, text: str, depth: int = 0) -> None:
         """Add a line, indented `depth` levels."""
@@ -113,26 +120,66 @@ def merged_profile(profile: Mapping[str, Any] | None, event: Mapping[str, Any]) 
     return stored
 
 
-# --- the walk --------------------------------------------------------------------------
+# --- the engine's run, told -----------------------------------------------------------
+
+# A run takes each step once (flows are trees), so this many wake-ups is never reached; it
+# only guards the loop below against a core that stopped moving a run on.
+MAX_WAKEUPS = 10_000
 
 
 def preview(flow: Flow, event: Mapping[str, Any], profile: Mapping[str, Any] | None = None) -> Preview:
-    """Walk `flow` for `event` and `profile` and describe every request it would send."""
+    """Run `flow` through the engine's core for `event` and `profile` and describe what it did."""
     out = Preview()
     stored = merged_profile(profile, event)
     start = _event_ms(event)
-    ctx = FilterContext(profile=stored, event=dict(event), history={str(event.get("metric")): [start]},
-                        now_ms=start, flow_start_ms=start)
     out.say(f"flow {flow.id} (version {flow.version}, {flow.status}): {flow.name}")
     out.say(f"trigger: {describe_trigger(flow.trigger)}")
     _status_note(out, flow)
-    if not _enters(out, flow, event, ctx):
-        return out
-    out.entered = True
-    _walk(out, flow, flow.steps, event, stored, ctx, depth=0, at_end=True)
-    count = len(out.requests)
-    out.say(f"end of flow: {count} webhook request{'s' if count != 1 else ''}")
+    if flow.trigger.kind == "date_property":
+        out.say("note: a date_property flow starts from the profile's date, not from an event; "
+                "the event below only supplies template data")
+    trace, dues = engine_run(flow, event, stored, start)
+    _tell(out, flow, event, trace)
+    out.dues = dues
+    if out.entered:
+        count = len(out.requests)
+        out.say(f"end of flow: {count} webhook request{'s' if count != 1 else ''}")
     return out
+
+
+def engine_run(flow: Flow, event: Mapping[str, Any], stored: Mapping[str, Any],
+               start_ms: int) -> tuple[Trace, list[dict[str, Any]]]:
+    """The engine core's trace and webhook-due records for one profile holding `stored` that
+    sends `event` at its own time, woken at each delay's end as the processor would wake it.
+
+    A draft flow is run as if live (the header says it does nothing yet). A date-property
+    flow is started straight from the event, and only that run is followed: the profile's
+    own date may start other runs, which are not the preview's.
+    """
+    live = flow if flow.status != "draft" else replace(flow, status="live")
+    flows = FlowSet([live])
+    state = ProfileState(str(stored.get("id", "")))
+    core.merge_profile(state.profile, dict(stored))
+    record = dict(event)
+    trace: Trace = []
+    if live.trigger.kind == "date_property":
+        program = flows.current(live.id)
+        assert program is not None  # just put
+        outcome = core.start_run(state, program, record, flows, start_ms, trace)
+    else:
+        outcome = core.handle(state, "event", record, flows, start_ms, trace=trace)
+    dues = [o.value for o in outcome.outputs if o.kind == "webhook"]
+    run_id = records.run_id(flow.id, state.profile_id, str(event.get("id", "")))
+    for _ in range(MAX_WAKEUPS):
+        run = state.runs.get(run_id)
+        if run is None or run.wake_ms is None:
+            break
+        later: Trace = []
+        wakeup = {"profile_id": state.profile_id}
+        outcome = core.handle(state, "wakeup", wakeup, flows, run.wake_ms, trace=later)
+        trace += [t for t in later if t.run_id == run_id]
+        dues += [o.value for o in outcome.outputs if o.kind == "webhook" and o.value["run_id"] == run_id]
+    return trace, dues
 
 
 def _event_ms(event: Mapping[str, Any]) -> int:
@@ -149,91 +196,102 @@ def _status_note(out: Preview, flow: Flow) -> None:
         out.say("note: status manual: every webhook step records `held` and sends nothing")
 
 
-def _enters(out: Preview, flow: Flow, event: Mapping[str, Any], ctx: FilterContext) -> bool:
-    trigger = flow.trigger
-    if trigger.kind == "date_property":
-        out.say("note: a date_property flow starts from the profile's date, not from an event; "
-                "the event below only supplies template data")
-    elif event.get("metric") != trigger.metric:
+def _tell(out: Preview, flow: Flow, event: Mapping[str, Any], trace: Trace) -> None:
+    """The core's decisions as lines, each step indented by how deep in splits it stands."""
+    if not trace:  # the core did not look at this flow: the event's metric does not trigger it
         out.say(f"✗ does not enter: the event's metric {event.get('metric')!r} does not trigger this flow "
-                f"(it waits for {trigger.metric!r})")
-        return False
-    elif not _membership_matches(out, flow, event):
-        return False
-    reason = evaluate(trigger.filters, ctx)
-    if reason is not None:
-        out.say(f"✗ does not enter: trigger filter {reason}")
-        return False
-    reason = evaluate(flow.profile_filters, ctx)
-    if reason is not None:
-        out.say(f"✗ does not enter: profile filter {reason}")
-        return False
+                f"(it waits for {flow.trigger.metric!r})")
+        return
+    depths = _depths(flow.steps, 0, {})
+    for done in trace:
+        depth = depths.get(done.step.id, 0) if done.step is not None else 0
+        _ENTRY_LINES.get(done.kind, _step_lines)(out, flow, done, depth)
+
+
+def _not_entered(out: Preview, flow: Flow, done: TraceStep, depth: int) -> None:
+    what = {"not_member": "", "trigger_filter_failed": "trigger filter ", "draft": "",
+            "reentry_refused": "re-entry ", "profile_filter_failed": "profile filter "}[done.kind]
+    reason = done.reason if done.kind != "draft" else "the flow is draft"
+    out.say(f"✗ does not enter: {what}{reason}")
+
+
+def _entered(out: Preview, flow: Flow, done: TraceStep, depth: int) -> None:
+    out.entered = True
     out.say("✓ enters the flow" + (" (trigger and profile filters hold)"
-                                   if trigger.filters or flow.profile_filters else ""))
-    return True
+                                   if flow.trigger.filters or flow.profile_filters else ""))
 
 
-def _membership_matches(out: Preview, flow: Flow, event: Mapping[str, Any]) -> bool:
-    properties = event.get("properties") or {}
-    for kind, wanted, key in (("list", flow.trigger.list_id, "list_id"),
-                              ("segment", flow.trigger.segment_id, "segment_id")):
-        if flow.trigger.kind == kind and str(properties.get(key)) != str(wanted):
-            out.say(f"✗ does not enter: the event is for {kind} {properties.get(key)!r}, "
-                    f"this flow waits for {kind} {wanted!r}")
-            return False
-    return True
+def _step_lines(out: Preview, flow: Flow, done: TraceStep, depth: int) -> None:
+    step = done.step
+    if done.kind == "delay_skipped" and isinstance(step, DelayStep):
+        out.say(f"then {describe_delay(step)} (skipped: nothing follows it, as Klaviyo skips a delay "
+                "at the end)", depth)
+    elif done.kind == "delay" and isinstance(step, DelayStep):
+        out.say(f"then {describe_delay(step)}", depth)
+        if done.until_ms is not None and done.until_ms > done.at_ms:
+            out.say(f"(the run moves on at {iso(done.until_ms)})", depth + 1)
+    elif done.kind == "split" and isinstance(step, SplitStep):
+        branch = step.then if done.branch == "then" else step.else_
+        why = "conditions hold" if done.reason is None else done.reason
+        out.say(f"split {step.id} on {step.on}: {why} → {done.branch} branch"
+                + ("" if branch else " (empty: the run continues after the split)"), depth)
+    elif done.kind == "webhook" and isinstance(step, WebhookStep) and done.due is not None:
+        _webhook(out, step, done.due, depth)
+    elif done.kind == "exited":
+        reason = str(done.reason)
+        if reason.startswith("profile filter: "):
+            reason = "profile filter " + reason.removeprefix("profile filter: ")
+        where = f" before {_step_name(step)}" if step is not None else ""
+        out.say(f"✗ the run exits{where}: {reason}", depth)
 
 
-def _walk(out: Preview, flow: Flow, steps: Sequence[Step], event: Mapping[str, Any],
-          profile: dict[str, Any], ctx: FilterContext, depth: int, at_end: bool) -> bool:
-    """Describe `steps` (`at_end`: nothing follows them); False when the run would exit before the end."""
-    for index, step in enumerate(steps):
-        last = at_end and index == len(steps) - 1
-        if isinstance(step, DelayStep):
-            skipped = " (skipped: nothing follows it, as Klaviyo skips a delay at the end)" if last else ""
-            out.say(f"then {describe_delay(step)}{skipped}", depth)
-        elif isinstance(step, SplitStep):
-            if not _split(out, flow, step, event, profile, ctx, depth, last):
-                return False
-        elif not _webhook(out, flow, step, event, profile, ctx, depth):
-            return False
-    return True
+_ENTRY_LINES = {"not_member": _not_entered, "draft": _not_entered, "trigger_filter_failed": _not_entered,
+                "reentry_refused": _not_entered, "profile_filter_failed": _not_entered, "entered": _entered,
+                "completed": lambda *_: None}
 
 
-def _split(out: Preview, flow: Flow, step: SplitStep, event: Mapping[str, Any], profile: dict[str, Any],
-           ctx: FilterContext, depth: int, at_end: bool) -> bool:
-    reason = evaluate(step.conditions, ctx)
-    branch, name = (step.then, "then") if reason is None else (step.else_, "else")
-    why = "conditions hold" if reason is None else reason
-    out.say(f"split {step.id} on {step.on}: {why} → {name} branch"
-            + ("" if branch else " (empty: the run continues after the split)"), depth)
-    return _walk(out, flow, branch, event, profile, ctx, depth + 1, at_end)
+def _step_name(step: Step) -> str:
+    if isinstance(step, WebhookStep):
+        return f"webhook {step.id}"
+    return f"split {step.id}" if isinstance(step, SplitStep) else f"delay {step.id}"
 
 
-def _webhook(out: Preview, flow: Flow, step: WebhookStep, event: Mapping[str, Any], profile: dict[str, Any],
-             ctx: FilterContext, depth: int) -> bool:
-    reason = evaluate(flow.profile_filters, ctx)
-    if reason is not None:
-        out.say(f"✗ the run exits before webhook {step.id}: profile filter {reason}", depth)
-        return False
-    request = render_webhook(step, flow=flow, event=event, profile=profile)
+def _depths(steps: Sequence[Step], depth: int, into: dict[str, int]) -> dict[str, int]:
+    """Step id -> how many splits it stands in (for indenting)."""
+    for step in steps:
+        into[step.id] = depth
+        if isinstance(step, SplitStep):
+            _depths(step.then, depth + 1, into)
+            _depths(step.else_, depth + 1, into)
+    return into
+
+
+def _webhook(out: Preview, step: WebhookStep, due: Mapping[str, Any], depth: int) -> None:
+    request = rendered_of(due)
     out.requests.append((step.id, request))
-    manual = flow.status == "manual"
-    held = " (held: status manual, nothing is sent; it waits in `flowhook held`)" if manual else ""
+    held = ""
+    if due["mode"] == "held":
+        held = " (held: status manual, nothing is sent; it waits in `flowhook held`)"
     out.say(f"webhook {step.id}{held}", depth)
-    for line in request_lines(flow, step, request, event, profile):
+    for line in request_lines(due):
         out.say(line, depth + 1)
-    return True
 
 
-def request_lines(flow: Flow, step: WebhookStep, request: RenderedRequest, event: Mapping[str, Any],
-                  profile: Mapping[str, Any]) -> list[str]:
-    """Method and URL, every header (secrets masked) and the pretty-printed body."""
-    run = records.run_id(flow.id, str(profile.get("id", "")), str(event.get("id", "")))
+def rendered_of(due: Mapping[str, Any]) -> RenderedRequest:
+    """The rendered request a webhook-due record carries."""
+    request = due["request"]
+    return RenderedRequest(method=request["method"], url=request["url"], headers=dict(request["headers"]),
+                           secret_headers=dict(request["secret_headers"]), body=request["body"],
+                           signing_secrets=list(request["signing_secrets"]), error=due.get("error"))
+
+
+def request_lines(due: Mapping[str, Any]) -> list[str]:
+    """Method and URL, every header (secrets masked) and the pretty-printed body of a due record."""
+    request = rendered_of(due)
     lines = [f"{request.method} {request.url}",
              "Content-Type: application/json",
              f"User-Agent: {USER_AGENT_PREFIX}{__version__}",
-             f"{HEADER_WEBHOOK_ID}: {records.delivery_id(flow.id, run, step.id)}",
+             f"{HEADER_WEBHOOK_ID}: {due['delivery_id']}",
              f"{HEADER_WEBHOOK_TIMESTAMP}: (the time of sending)"]
     if request.signing_secrets:
         names = ", ".join(request.signing_secrets)

@@ -23,7 +23,7 @@ from processor.flows.checks import (
     text_field,
     type_name,
 )
-from processor.flows.klaviyo import ANY_TAG, track_quotes
+from processor.flows.klaviyo import ANY_TAG, tags_in_json
 from processor.flows.model import WebhookStep
 from processor.flows.render import SECRET_TAG, is_secret_header
 
@@ -266,19 +266,15 @@ def object_form(body: str) -> Any:
     """
     tags: list[str] = []
     out: list[str] = []
-    in_string = False
-    position = 0
-    for match in ANY_TAG.finditer(body):
-        literal = body[position:match.start()]
-        in_string = track_quotes(literal, in_string)
+    for literal, tag, in_string in tags_in_json(body):
         out.append(literal)
-        if match.group(0).startswith("{%"):
+        if tag is None:
+            break
+        if tag.startswith("{%"):
             return None
-        tags.append(match.group(0))
+        tags.append(tag)
         marker = f"\u0000{len(tags) - 1}\u0000"
         out.append(marker if in_string else f'"{marker}"')
-        position = match.end()
-    out.append(body[position:])
     try:
         data = orjson.loads("".join(out).replace("\u0000", "\\u0000"))
     except orjson.JSONDecodeError:

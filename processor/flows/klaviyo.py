@@ -19,6 +19,7 @@ Flowhook; `internal_field_warnings` finds them so `flows validate` and `preview`
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Final
 
 import orjson
@@ -99,20 +100,26 @@ ANY_TAG: Final = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 def json_text_template(source: str) -> str:
     """The (translated) text body with each `{{ x }}` wrapped for where it stands in the JSON."""
     out: list[str] = []
+    for literal, tag, in_string in tags_in_json(source):
+        out.append(literal)
+        if tag is not None and tag.startswith("{{"):
+            wrapper = IN_STRING_FILTER if in_string else BARE_FILTER
+            tag = "{{ (" + tag[2:-2].strip() + ")|" + wrapper + " }}"
+        out.append(tag or "")
+    return "".join(out)
+
+
+def tags_in_json(source: str) -> Iterator[tuple[str, str | None, bool]]:
+    """(the text before a tag, the tag, whether it stands inside a JSON string) for each
+    `{{ }}`, `{% %}` or `{# #}` tag of a text body in order, then (the rest, None, ...)."""
     in_string = False
     position = 0
     for match in ANY_TAG.finditer(source):
         literal = source[position:match.start()]
         in_string = track_quotes(literal, in_string)
-        out.append(literal)
-        tag = match.group(0)
-        if tag.startswith("{{"):
-            wrapper = IN_STRING_FILTER if in_string else BARE_FILTER
-            tag = "{{ (" + tag[2:-2].strip() + ")|" + wrapper + " }}"
-        out.append(tag)
+        yield literal, match.group(0), in_string
         position = match.end()
-    out.append(source[position:])
-    return "".join(out)
+    yield source[position:], None, in_string
 
 
 def track_quotes(literal: str, in_string: bool) -> bool:

@@ -1,4 +1,5 @@
-"""Reading the results topic for `flowhook results`: only what was asked for.
+"""Reading topics for the tools: `flowhook results` (only what was asked for), and the
+whole-topic reads that replay and the Needs-Review queue make (`read_dues`, `latest_outcomes`).
 
 - `--since` seeks every partition to the first record at or after that time (Kafka's
   offsets-for-times) instead of reading from the start (the embedded broker answers that
@@ -10,6 +11,8 @@
   of one delivery is keyed by its id.
 Reading ends when every partition reached `--until`, when `limit` records matched, or when
 the topic has been idle for `idle_s` (unless following).
+
+A record that is not a JSON object (a tombstone, a hand-written line) is skipped, never fatal.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processor.kafka import ReadEnd, make_reader
+from processor.kafka import ReadEnd, make_reader, read_records
+from processor.logs import get_logger
 from processor.partitioner import murmur2
 from processor.settings import Settings
 
-__all__ = ["Selection", "read_results"]
+log = get_logger(__name__)
+
+__all__ = ["Selection", "latest_outcomes", "read_dues", "read_results"]
 
 # Write times of records from several producers are close to, not exactly in, offset order:
 # a partition is left once a record is this far past `--until`, not at the first one past it.
@@ -127,3 +133,33 @@ def _decode(value: bytes | None) -> dict[str, Any] | None:
     except orjson.JSONDecodeError:
         return None
     return record if isinstance(record, dict) else None
+
+
+# --- whole topics, until idle ----------------------------------------------------------
+
+
+async def read_dues(settings: Settings, topics: list[str], idle_s: float) -> list[tuple[int, dict[str, Any]]]:
+    """(record timestamp ms, record) of every webhook-due record on `topics` (dead-letter,
+    held, webhooks, retry tiers), topic after topic, each in partition order."""
+    found = []
+    for topic in topics:
+        async for record in read_records(settings, topic, idle_s=idle_s):
+            value = _decode(record.value)
+            if value is None:
+                log.warning("record_unreadable", topic=topic, partition=record.partition,
+                            offset=record.offset)
+            elif isinstance(value.get("delivery_id"), str):
+                found.append((record.timestamp, value))
+    return found
+
+
+async def latest_outcomes(settings: Settings, idle_s: float) -> tuple[dict[str, str], dict[str, int]]:
+    """The latest outcome of every delivery on the results topic, and when it was recorded (ms)."""
+    latest: dict[str, str] = {}
+    at: dict[str, int] = {}
+    async for record in read_records(settings, settings.topics.results, idle_s=idle_s):
+        value = _decode(record.value)
+        if value is not None and value.get("type") == "delivery":
+            latest[value["delivery_id"]] = value["outcome"]
+            at[value["delivery_id"]] = record.timestamp
+    return latest, at

@@ -27,10 +27,7 @@ PASSWORD = "a long console password"
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """Shorter group timeouts: the embedded broker's joins take about half the session timeout."""
-    return settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+pytestmark = pytest.mark.quick_groups
 
 
 async def _drain(settings: Settings) -> None:

@@ -26,10 +26,7 @@ from tests.dispatch_helpers import (
     read_values,
 )
 
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    return settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+pytestmark = pytest.mark.quick_groups
 
 
 async def _drain(settings: Settings, **options: Any) -> None:

@@ -17,6 +17,7 @@ from processor.cli.held import held as held_cli
 from processor.dispatch.held import HeldDelivery, Selection, cancelled, pending, read_queue, released, select
 from processor.dispatch.held import cancel as cancel_held
 from processor.dispatch.worker import DispatcherOptions, run_dispatcher
+from processor.kafka import ensure_topics
 from processor.settings import Settings
 from tests.dispatch_helpers import ScriptedReceiver, by_delivery, check_results, due_record, read_values
 from tests.engine_helpers import (
@@ -29,11 +30,7 @@ from tests.engine_helpers import (
     wait_for,
 )
 
-
-@pytest.fixture
-def settings(settings: Settings) -> Settings:
-    """Shorter group timeouts: the embedded broker's joins take about half the session timeout."""
-    return settings.with_(session_timeout_ms=3_000, heartbeat_interval_ms=300, rebalance_timeout_ms=3_000)
+pytestmark = pytest.mark.quick_groups
 
 
 def test_queue_is_what_is_still_held_and_selections_pick_from_it() -> None:
@@ -137,3 +134,14 @@ async def test_held_deliveries_wait_until_sent_or_cancelled(settings: Settings) 
     final = {d: rs[-1]["outcome"] for d, rs in by_delivery(deliveries).items()}
     by_profile = {d["profile_id"]: final[d["delivery_id"]] for d in dues}
     assert by_profile == {"ann": "delivered", "bo": "held", "cy": "cancelled", "di": "delivered"}
+
+
+async def test_queue_reads_past_tombstones_and_unreadable_records(settings: Settings) -> None:
+    """A tombstone or a non-JSON line on the held or results topic is skipped; the queue is the rest."""
+    await ensure_topics(settings, [settings.topics.held, settings.topics.results])
+    kept = due_record("https://e.com/k", mode="held")
+    await produce(settings, settings.topics.held,
+                  [(b"t", None), (b"x", b"not json"), (b"k", orjson.dumps(kept))])
+    await produce(settings, settings.topics.results, [(b"t", None), (b"x", b"[1]")])
+    queue = await read_queue(settings, idle_s=0.5)
+    assert [h.delivery_id for h in queue] == [kept["delivery_id"]]
