@@ -104,9 +104,7 @@ async def start_receiver(receiver: Receiver, port: int = 0) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    server: Any = site._server  # aiohttp offers no public accessor
-    sockets = server.sockets if server else []
-    return runner, sockets[0].getsockname()[1]
+    return runner, runner.addresses[0][1]  # the bound port (port 0 picks a free one)
 
 
 def describe(request: ReceivedRequest) -> dict[str, Any]:
@@ -125,7 +123,7 @@ def describe(request: ReceivedRequest) -> dict[str, Any]:
 
 def serve_forever(port: int) -> None:
     """Entry point for a receiver in its own process (bench): serve until killed."""
-    import uvloop  # optional: a dependency only where it builds (not on Windows)
+    import uvloop
 
     async def main() -> None:
         runner, _ = await start_receiver(Receiver(), port)

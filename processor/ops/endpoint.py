@@ -87,10 +87,9 @@ class Endpoint:
                 raise ConfigError(f"FLOWHOOK_METRICS_PORT: {host}:{port} is already in use") from None
             message = f"FLOWHOOK_METRICS_HOST/PORT: cannot listen on {host}:{port}: {exc.strerror}"
             raise ConfigError(message) from None
-        # A private attribute: aiohttp keeps the bound socket only there (needed for port 0).
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
+        # The runner's public `addresses` lists the bound sockets (needed for port 0).
+        addresses = self._runner.addresses
+        self.port = addresses[0][1] if addresses else port
         log.info("endpoint_listening", url=f"http://{host}:{self.port}", role=self.metrics.role,
                  profiles=self.profiles is not None)
         return self.port

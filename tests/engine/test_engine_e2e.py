@@ -12,6 +12,7 @@ import pytest
 
 from processor import records
 from processor.clock import iso, now_ms
+from processor.engine import faust_compat
 from processor.engine.app import FETCH_MAX_WAIT_MS, run_processor
 from processor.settings import Settings
 from tests.engine_helpers import (
@@ -213,8 +214,7 @@ async def test_flow_edits_take_effect_without_restart(settings: Settings) -> Non
         await asyncio.sleep(0.5)
         dues = await read_json(settings, settings.topics.webhooks)
         # Records reach the agent without Faust's 1.5 s fetch wait (see app.FETCH_MAX_WAIT_MS).
-        fetcher = worker.engine.app.consumer._thread._consumer._fetcher
-        assert fetcher._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+        assert faust_compat.fetch_wait_ms(worker.engine.app) == FETCH_MAX_WAIT_MS
     got = sorted((d["profile_id"], d["flow_id"], d["step_id"], d["flow_version"]) for d in dues)
     assert got == [("cake", "bday", "hook", 1), ("fresh", "edit", "new", 2), ("pinned", "edit", "old", 1)]
 
