@@ -115,7 +115,7 @@ class Engine:
         source = input_topic(self.app, self.settings, list(self._kinds))
         self.app.agent(source, name="flowhook-engine")(self.batch_path.agent)
         self.app.timer(DUE_TICK_S)(self._tick)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # async receivers work; Faust's type says sync
 
     # --- shared state, as the rest of the project reads it -----------------------------
 

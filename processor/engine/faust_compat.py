@@ -104,7 +104,7 @@ def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
     Checked: faust-streaming 0.15.3, faust/transport/drivers/aiokafka.py
     `Producer._ensure_producer` (raises NotReady before the service started).
     """
-    producer: AIOKafkaProducer = app.producer._ensure_producer()  # noqa: SLF001
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # noqa: SLF001  # private
     return producer
 
 
@@ -132,13 +132,13 @@ def make_idempotent(app: faust.App) -> None:
     `Producer._settings_extra` and `_new_producer`.
     """
     producer = app.producer
-    extra = producer._settings_extra  # noqa: SLF001
-    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}  # noqa: SLF001
+    extra = producer._settings_extra  # type: ignore[attr-defined]  # noqa: SLF001  # private
+    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}  # type: ignore[attr-defined]  # noqa: SLF001  # private
 
 
 def producer_options(app: faust.App) -> Mapping[str, Any]:
     """The extra aiokafka options Faust's producer will be created with (see `make_idempotent`)."""
-    options: Mapping[str, Any] = app.producer._settings_extra()  # noqa: SLF001
+    options: Mapping[str, Any] = app.producer._settings_extra()  # type: ignore[attr-defined]  # noqa: SLF001  # private
     return options
 
 
