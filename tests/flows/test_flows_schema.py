@@ -118,7 +118,7 @@ def test_pure_modules_import_no_kafka_or_http() -> None:
     import subprocess
     import sys
 
-    modules = ["loader", "filters", "render", "templates", "model", "lookup", "build", "preview"]
+    modules = ["loader", "filters", "render", "templates", "model", "lookup", "build"]
     code = ("import sys, importlib; "
             f"[importlib.import_module('processor.flows.' + m) for m in {modules!r}]; "
             "print(sorted(m for m in ('aiokafka', 'faust', 'aiohttp') if m in sys.modules))")

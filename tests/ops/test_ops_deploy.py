@@ -79,7 +79,7 @@ def test_the_examples_overlay_makes_the_example_flows_work_as_written() -> None:
     receiver = services["receiver"]
     assert receiver["network_mode"] == "service:dispatcher"
     assert receiver["entrypoint"][-2:] == ["processor.devtools.receiver", "8787"]
-    assert "__main__" in (ROOT / "processor" / "receiver.py").read_text()
+    assert "__main__" in (ROOT / "processor" / "devtools" / "receiver.py").read_text()
     assert services["processor"]["environment"]["FLOWHOOK_ALLOW_HTTP"] == "1"
     assert services["dispatcher"]["environment"]["FLOWHOOK_ALLOW_NETWORKS"] == "127.0.0.0/8"
     text = (DEPLOY / "compose.examples.yaml").read_text()
