@@ -18,7 +18,8 @@ import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-_SECRET_KEYS = ("secret", "token", "password", "authorization")
+from processor.basics import MASK, is_secret_key
+
 # Longest exception message kept in a log line: a message may quote the data it failed on.
 MAX_EXCEPTION_TEXT = 300
 
@@ -26,8 +27,8 @@ MAX_EXCEPTION_TEXT = 300
 def mask_secrets(_logger: object, _name: str, event: dict) -> dict:
     """Never let a value under a secret-looking key reach a log line."""
     for key in event:
-        if any(word in key.lower() for word in _SECRET_KEYS):
-            event[key] = "••••"
+        if is_secret_key(key):
+            event[key] = MASK
     return event
 
 

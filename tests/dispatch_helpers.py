@@ -16,6 +16,7 @@ from aiohttp import web
 from processor import records
 from processor.clock import iso, now_ms
 from processor.kafka import ensure_topics, make_producer, read_records
+from processor.records.due import due_from
 from processor.settings import Settings
 
 _counter = itertools.count()
@@ -39,45 +40,47 @@ def due_record(
     attempt: int = 1,
     not_before_ms: int | None = None,
 ) -> dict[str, Any]:
-    """A webhook-due record as the engine emits it; checked against schemas/webhook.schema.json."""
+    """A webhook-due record as the engine emits it (its JSON value, built with the type's
+    constructor); checked against schemas/webhook.schema.json."""
     n = next(_counter)
     event_id, profile_id = f"evt_{n}_{time.time_ns()}", f"p_{n}"
     run = records.run_id(flow_id, profile_id, event_id)
-    record = {
-        "delivery_id": records.delivery_id(flow_id, run, step_id),
-        "flow_id": flow_id,
-        "flow_version": 1,
-        "flow_name": "Test flow",
-        "step_id": step_id,
-        "run_id": run,
-        "profile_id": profile_id,
-        "event_id": event_id,
-        "metric": "Placed Order",
-        "mode": mode,
-        "error": error,
-        "request": {
-            "method": "POST",
-            "url": url,
-            "headers": headers or {},
-            "secret_headers": secret_headers or {},
-            "body": orjson.dumps(body if body is not None else {"n": n}).decode(),
-            "signing_secrets": signing_secrets or [],
-        },
-        "options": {
-            "timeout_ms": timeout_ms,
-            "retry_ms": retry_ms,
-            "max_age_ms": max_age_ms,
-            "rate_limit": rate_limit,
-        },
-        "due_at": iso(now_ms()),
-        "created_at": iso(now_ms()),
-        "attempt": attempt,
-        "not_before": iso(not_before_ms) if not_before_ms else None,
-        "first_attempt_at": iso(now_ms()) if attempt > 1 else None,
-    }
+    record = records.as_dict(records.WebhookDue(
+        delivery_id=records.delivery_id(flow_id, run, step_id),
+        flow_id=flow_id,
+        flow_version=1,
+        flow_name="Test flow",
+        step_id=step_id,
+        run_id=run,
+        profile_id=profile_id,
+        event_id=event_id,
+        metric="Placed Order",
+        mode=mode,  # type: ignore[arg-type]
+        error=error,
+        request=records.Request(
+            method="POST",
+            url=url,
+            headers=headers or {},
+            secret_headers=secret_headers or {},
+            body=orjson.dumps(body if body is not None else {"n": n}).decode(),
+            signing_secrets=signing_secrets or [],
+        ),
+        options=records.Options(timeout_ms=timeout_ms, retry_ms=retry_ms, max_age_ms=max_age_ms,
+                                rate_limit=rate_limit),
+        due_at=iso(now_ms()),
+        created_at=iso(now_ms()),
+        attempt=attempt,
+        not_before=iso(not_before_ms) if not_before_ms else None,
+        first_attempt_at=iso(now_ms()) if attempt > 1 else None,
+    ))
     problem = records.validation_error("webhook", record)
     assert problem is None, problem
     return record
+
+
+def typed_due(url: str, **options: Any) -> records.WebhookDue:
+    """`due_record` as the dispatcher holds it: the typed record."""
+    return due_from(due_record(url, **options))
 
 
 async def produce(settings: Settings, dues: list[dict[str, Any]], topic: str | None = None) -> None:
@@ -231,3 +234,22 @@ def check_results(results: list[dict[str, Any]]) -> None:
     for result in results:
         problem = records.validation_error("result", result)
         assert problem is None, (problem, result)
+
+
+def due_like(url: str = "https://example.invalid/x", **fields: Any) -> records.WebhookDue:
+    """A webhook-due record with made-up ids (the constructor does not check them), for tests
+    of what is built from one (result records, summaries); `fields` override the defaults."""
+    request = records.Request(method="POST", url=url, headers={}, secret_headers={}, body=None,
+                              signing_secrets=[])
+    options = records.Options(timeout_ms=5_000, retry_ms=None, max_age_ms=600_000, rate_limit=None)
+    values: dict[str, Any] = {
+        "delivery_id": "d1", "flow_id": "f", "flow_version": 1, "step_id": "s", "run_id": "r",
+        "profile_id": "p", "event_id": "e", "metric": "m", "mode": "send", "request": request,
+        "options": options, "due_at": "2026-11-27T10:00:00Z", "attempt": 1, **fields,
+    }
+    return records.WebhookDue(**values)
+
+
+def result_dict(due: records.WebhookDue, **fields: Any) -> dict[str, Any]:
+    """`records.delivery_result` as its JSON value."""
+    return records.as_dict(records.delivery_result(due, **fields))

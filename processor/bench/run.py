@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from processor.bench.report import print_report
+from processor.bench.scale import run_scale_stage
 from processor.bench.soak import run_soak_stage
 from processor.bench.stages import (
     Bench,
@@ -28,15 +29,23 @@ from processor.logs import configure
 
 
 async def run_stages(bench: Bench) -> list[StageResult]:
+    chosen = bench.config.stages
     stage_functions = {"raw": bench.raw_http, "agent": bench.plain_agent, "processor": bench.processor,
-                       "dispatcher": bench.dispatcher, "e2e": bench.end_to_end}
+                       "dispatcher": bench.dispatcher}
     results: list[StageResult] = []
-    for name in bench.config.stages:
+    for name in chosen:
         cpu_before = broker_cpu_s(bench.broker_pids)
         if name == "state":
             stage = await run_state_stage(bench, bench.config.state_profiles)
         elif name == "soak":
             stage = await run_soak_stage(bench, bench.config.soak_events, bench.config.soak_seconds)
+        elif name == "scale":
+            stage = await run_scale_stage(bench)
+        elif name == "e2e" or (name == "half" and "e2e" not in chosen):
+            # The half-rate pass runs on the end-to-end stage's workers, after it.
+            stage = await bench.end_to_end(full=name == "e2e", half="half" in chosen)
+        elif name == "half":
+            continue
         else:
             stage = [await stage_functions[name]()]
         if bench.broker_pids and stage:
@@ -51,11 +60,13 @@ def run_bench(config: BenchConfig, as_json: bool = False) -> int:
         workdir = Path(tmp)
         port = free_port()
         receiver = start_receiver_process(port)
-        broker = None if config.brokers else _start_broker(config, workdir)
+        broker = None
         try:
+            # Inside the try: a broker that fails to start must not leave the receiver running.
+            broker = None if config.brokers else _start_broker(config, workdir)
             brokers = broker.bootstrap if broker is not None else str(config.brokers)
             pids = tuple(broker.pids()) if broker is not None else ()
-            results = _run(Bench(config, brokers, workdir, port, pids))
+            results = _run(Bench(config, brokers, workdir, port, pids, receiver_pid=receiver.pid))
         finally:
             receiver.terminate()
             if broker is not None:

@@ -9,10 +9,13 @@ send per event) on the same broker. Stages, one after another, each on fresh top
 2. plain agent: N events in, N records out (the processor's baseline);
 3. processor: N events in, N webhook-due records out;
 4. dispatcher: N pre-produced webhook-due records, N `delivered` outcomes;
-5. end to end: N events in, N POSTs received; latency from produce to receipt; peak RSS.
+5. end to end: N events in, N POSTs received; latency from produce to receipt; peak RSS;
+6. half rate: the same workers, N more events produced at half the end-to-end rate, for
+   the latency of a pipeline that keeps up (a rate at its maximum measures queueing).
 
 Stage rates are measured between the first and last output record's timestamps, so worker
-start-up and group joins are not counted.
+start-up and group joins are not counted. Every stage also reports the CPU each of its
+processes spent per record in the same window (processor.bench.cpu).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +39,7 @@ import orjson
 
 from processor import records
 from processor.bench.agent import OUT_SUFFIX
+from processor.bench.cpu import CLIENT, DRIVER, CpuWindow, per_record_us, pipeline_total_us, records_after
 from processor.clock import iso, now_ms
 from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
@@ -42,9 +47,10 @@ from processor.ops.summary import percentile
 from processor.settings import Settings
 
 BENCH_METRIC = "Bench Order"
-STAGES = ("raw", "agent", "processor", "dispatcher", "e2e")
-# "state" (a large RocksDB state) and "soak" (minutes against failing receivers) run only when asked for
-ALL_STAGES = (*STAGES, "state", "soak")
+STAGES = ("raw", "agent", "processor", "dispatcher", "e2e", "half")
+# "state" (a large RocksDB state), "scale" (1, 2, 4 workers of each kind on 8 and 16
+# partitions) and "soak" (minutes against failing receivers) run only when asked for
+ALL_STAGES = (*STAGES, "state", "scale", "soak")
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class BenchConfig:
     soak_events: int = 100_000
     soak_seconds: float = 300.0
     broker: str = "embedded"  # or "kafka" (one Apache Kafka node); ignored with `brokers`
+    scale_workers: tuple[int, ...] = (1, 2, 4)  # processors (and as many dispatchers) per scale run
+    scale_partitions: tuple[int, ...] = (8, 16)
 
 
 @dataclass
@@ -72,11 +80,24 @@ class StageResult:
     latencies_ms: list[float] = field(default_factory=list)
     rss_mb: dict[str, float] = field(default_factory=dict)
     note: str = ""
-    broker_cpu_s: float | None = None  # CPU time the broker process(es) used during the stage
+    # CPU seconds the broker process(es) used over the whole stage, start-up included (on a
+    # stage's first result); `cpu_s` has the broker's share of the measuring window.
+    broker_cpu_s: float | None = None
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per role in the measuring window
+    cpu_records: int = 0  # records delivered inside that window
+    phases_s: dict[str, float | None] = field(default_factory=dict)  # restart: seconds to each phase
 
     @property
     def rate(self) -> float | None:
         return self.count / self.seconds if self.seconds else None
+
+    @property
+    def cpu_us(self) -> dict[str, float]:
+        return per_record_us(self.cpu_s, self.cpu_records)
+
+    def add_cpu(self, window: CpuWindow, records: int) -> StageResult:
+        self.cpu_s, self.cpu_records = dict(window.spent_s), records
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +110,10 @@ class StageResult:
             "p99_ms": percentile(self.latencies_ms, 0.99),
             "peak_rss_mb": self.rss_mb,
             "broker_cpu_s": self.broker_cpu_s,
+            "cpu_us_per_record": self.cpu_us,
+            "cpu_us_total": pipeline_total_us(self.cpu_us),
+            "cpu_records": self.cpu_records,
+            **({"phases_s": self.phases_s} if self.phases_s else {}),
             "note": self.note,
         }
 
@@ -97,10 +122,11 @@ class Bench:
     """One bench run: a broker, a receiver process, and the stages in order."""
 
     def __init__(self, config: BenchConfig, brokers: str, workdir: Path, receiver_port: int,
-                 broker_pids: tuple[int, ...] = ()) -> None:
+                 broker_pids: tuple[int, ...] = (), receiver_pid: int | None = None) -> None:
         self.config = config
         self.brokers = brokers
         self.broker_pids = broker_pids
+        self.receiver_pid = receiver_pid
         self.workdir = workdir
         self.receiver_port = receiver_port
         self.receiver_url = f"http://127.0.0.1:{receiver_port}"
@@ -121,8 +147,22 @@ class Bench:
             rebalance_timeout_ms=6_000,
         )
 
-    def worker(self, role: str, settings: Settings, *args: str) -> WorkerProcess:
-        return WorkerProcess(role, settings, self.workdir / f"{settings.topic_prefix}{role}.log", args=args)
+    def worker(self, role: str, settings: Settings, *args: str, name: str = "") -> WorkerProcess:
+        log = self.workdir / f"{settings.topic_prefix}{name or role}.log"
+        return WorkerProcess(role, settings, log, args=args)
+
+    def cpu_window(self, workers: dict[str, list[Any]], *, receiver: bool = False,
+                   driver: str = DRIVER, broker: bool = True) -> CpuWindow:
+        """A CPU window over the stage's processes: the workers by role, the broker, the
+        receiver (where the stage sends HTTP) and this process, as the driver or (raw HTTP,
+        which uses no broker) as the measured HTTP client."""
+        pids: dict[str, list[int]] = {role: [_pid(w) for w in ws] for role, ws in workers.items()}
+        if broker and self.broker_pids:
+            pids["broker"] = list(self.broker_pids)
+        if receiver and self.receiver_pid:
+            pids["receiver"] = [self.receiver_pid]
+        pids[driver] = [os.getpid()]
+        return CpuWindow(pids)
 
     # -- payloads ---------------------------------------------------------------------------
 
@@ -168,18 +208,18 @@ class Bench:
 
     def due_record(self, index: int) -> dict[str, Any]:
         run_id = records.run_id("bench", f"p_{index}", f"evt_{index}")
-        return {
-            "delivery_id": records.delivery_id("bench", run_id, "hook"),
-            "flow_id": "bench", "flow_version": 1, "flow_name": "bench", "step_id": "hook",
-            "run_id": run_id, "profile_id": f"p_{index % self.config.profiles}",
-            "event_id": f"evt_{index}", "metric": BENCH_METRIC, "mode": "send", "error": None,
-            "request": {"method": "POST", "url": f"{self.receiver_url}/bench", "headers": {},
-                        "secret_headers": {}, "body": self.sample_body().decode(), "signing_secrets": []},
-            "options": {"timeout_ms": 10_000, "retry_ms": [1000, 2000], "max_age_ms": 3_600_000,
-                        "rate_limit": None},
-            "due_at": iso(now_ms()), "created_at": iso(now_ms()),
-            "attempt": 1, "not_before": None, "first_attempt_at": None,
-        }
+        return records.as_dict(records.WebhookDue(
+            delivery_id=records.delivery_id("bench", run_id, "hook"),
+            flow_id="bench", flow_version=1, flow_name="bench", step_id="hook",
+            run_id=run_id, profile_id=f"p_{index % self.config.profiles}",
+            event_id=f"evt_{index}", metric=BENCH_METRIC, mode="send", error=None,
+            request=records.Request(method="POST", url=f"{self.receiver_url}/bench", headers={},
+                                    secret_headers={}, body=self.sample_body().decode(), signing_secrets=[]),
+            options=records.Options(timeout_ms=10_000, retry_ms=[1000, 2000], max_age_ms=3_600_000,
+                                    rate_limit=None),
+            due_at=iso(now_ms()), created_at=iso(now_ms()),
+            attempt=1, not_before=None, first_attempt_at=None,
+        ))
 
     # -- stages -----------------------------------------------------------------------------
 
@@ -196,10 +236,13 @@ class Bench:
                                             headers={"Content-Type": "application/json"}) as response:
                         await response.read()
 
+            window = self.cpu_window({}, receiver=True, driver=CLIENT, broker=False)
+            window.open()
             started = time.perf_counter()
             await asyncio.gather(*(client() for _ in range(concurrency)))
             elapsed = time.perf_counter() - started
-        return StageResult("raw HTTP (aiohttp client)", n, elapsed)
+            window.close()
+        return StageResult("raw HTTP (aiohttp client)", n, elapsed).add_cpu(window, n)
 
     async def plain_agent(self) -> StageResult:
         settings = self.settings()
@@ -213,7 +256,7 @@ class Bench:
         worker_cmd = [sys.executable, "-m", "processor.bench.agent", "worker", "-l", "warn", "--without-web"]
         return await self._count_outputs(
             "plain Faust agent (baseline)", settings, out,
-            lambda: _popen(worker, worker_cmd),
+            lambda: _popen(worker, worker_cmd), role="agent",
         )
 
     async def processor(self) -> StageResult:
@@ -221,7 +264,8 @@ class Bench:
         await self.prepare_flows(settings)
         await self.produce_events(settings, "proc")
         worker = self.worker("processor", settings)
-        return await self._count_outputs("processor", settings, settings.topics.webhooks, worker.start)
+        return await self._count_outputs("processor", settings, settings.topics.webhooks, worker.start,
+                                         role="processor")
 
     async def dispatcher(self) -> StageResult:
         settings = self.settings()
@@ -235,31 +279,52 @@ class Bench:
             await asyncio.gather(*futures)
         finally:
             await producer.stop()
-        worker = self.worker("dispatcher", settings)
+        # The same concurrency as the raw HTTP baseline: one destination, so the dispatcher's
+        # per-destination limit (default 32) would otherwise cap it at a fraction of it.
+        limit = str(self.config.concurrency)
+        worker = self.worker("dispatcher", settings, "--concurrency", limit, "--per-destination", limit)
         return await self._count_outputs("dispatcher", settings, settings.topics.results, worker.start,
-                                         accept=lambda v: b'"outcome":"delivered"' in v)
+                                         accept=lambda v: b'"outcome":"delivered"' in v, role="dispatcher")
 
-    async def end_to_end(self) -> StageResult:
+    async def end_to_end(self, *, full: bool = True, half: bool = True) -> list[StageResult]:
+        """End to end as fast as possible (`full`), then on the same workers at half the rate
+        it reached (`half`; at `--rate`'s half when the full pass was not asked for)."""
         settings = self.settings()
         await self.prepare_flows(settings)
         workers = [self.worker("processor", settings).start(), self.worker("dispatcher", settings).start()]
+        results: list[StageResult] = []
         try:
             await self.warm_up(settings)
-            await self.receiver("POST", "__reset")
-            started = time.perf_counter()
-            await self.produce_events(settings, "e2e", rate=self.config.rate)
-            stats = await self.wait_received(self.config.events, workers)
-            elapsed = time.perf_counter() - started
-            result = StageResult("end to end", stats["bench"], elapsed, stats["latencies_ms"])
-            result.rss_mb = {w.role: _peak_rss_mb(w) for w in workers}
-            notes = [f"produced at {self.config.rate:.0f}/s"] if self.config.rate else []
-            if stats["total"] > stats["bench"]:
-                notes.append(f"{stats['total'] - stats['bench']} repeated or warm-up requests")
-            result.note = "; ".join(notes)
-            return result
+            rate = self.config.rate
+            if full:
+                results.append(await self.e2e_pass(settings, workers, "end to end", "e2e", rate))
+                rate = results[-1].rate
+            if half and rate:
+                results.append(await self.e2e_pass(settings, workers, "end to end at half that rate",
+                                                   "half", rate / 2))
+            return results
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_all(workers)
+
+    async def e2e_pass(self, settings: Settings, workers: list[WorkerProcess], name: str, run: str,
+                       rate: float | None) -> StageResult:
+        """N events through running workers; latency from produce to receipt, CPU per delivery."""
+        await self.receiver("POST", "__reset")
+        window = self.cpu_window(_by_role(workers), receiver=True)
+        window.open()
+        started = time.perf_counter()
+        await self.produce_events(settings, run, rate=rate)
+        stats = await self.wait_received(self.config.events, workers)
+        elapsed = time.perf_counter() - started
+        window.close()
+        latencies = (await self.receiver("GET", "__stats?latencies=1"))["latencies_ms"]
+        result = StageResult(name, stats["bench"], elapsed, latencies).add_cpu(window, stats["bench"])
+        result.rss_mb = {w.role: max(_peak_rss_mb(x) for x in workers if x.role == w.role) for w in workers}
+        notes = [f"produced at {rate:.0f}/s"] if rate else []
+        if stats["total"] > stats["bench"]:
+            notes.append(f"{stats['total'] - stats['bench']} repeated or warm-up requests")
+        result.note = "; ".join(notes)
+        return result
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -322,15 +387,18 @@ class Bench:
         topic: str,
         start: Callable[[], Any],
         accept: Callable[[bytes], bool] = lambda _v: True,
+        *,
+        role: str,
     ) -> StageResult:
         process = start()
+        window = self.cpu_window({role: [process]}, receiver=role == "dispatcher")
         try:
             stamps = await count_records(settings, topic, self.config.events,
                                          time.monotonic() + self.config.stage_timeout_s,
-                                         accept=accept, alive=lambda: _alive(process))
+                                         accept=accept, alive=lambda: _alive(process), window=window)
         finally:
             _stop(process)
-        return stage_from_stamps(name, stamps, self.config.events)
+        return stage_from_stamps(name, stamps, self.config.events, window)
 
 
 async def count_records(
@@ -341,8 +409,12 @@ async def count_records(
     *,
     accept: Callable[[bytes], bool] = lambda _v: True,
     alive: Callable[[], bool] = lambda: True,
+    window: CpuWindow | None = None,
 ) -> list[int]:
-    """Timestamps of the accepted records of `topic`, until `expected` arrived or time or worker ran out."""
+    """Timestamps of the accepted records of `topic`, until `expected` arrived or time or worker ran out.
+
+    A `window` opens at the first accepted record and closes at the end, while the
+    workers still run: the same span as the stage's rate."""
     stamps: list[int] = []
 
     def done() -> bool:
@@ -351,20 +423,69 @@ async def count_records(
     async for record in read_records(settings, topic, follow=True, stop=done):
         if accept(record.value):
             stamps.append(record.timestamp)
+            if window is not None and not window.is_open:
+                window.open()
+    if window is not None and window.is_open:
+        window.close()
     return stamps
 
 
-def stage_from_stamps(name: str, stamps: list[int], expected: int) -> StageResult:
-    """A stage's rate between its first and last output record (start-up is not counted)."""
+NO_CPU_NOTE = "CPU per record not measured: every output was written before the window opened"
+
+
+def stage_from_stamps(name: str, stamps: list[int], expected: int, window: CpuWindow | None = None,
+                      since_ms: int = 0) -> StageResult:
+    """A stage's rate between its first and last output record (start-up is not counted);
+    with a `window`, the CPU per record made inside it. `since_ms`: only records stamped
+    after it belong to the stage (a worker that also wrote earlier ones)."""
+    stamps = [s for s in stamps if s >= since_ms] if since_ms else stamps
     span = (max(stamps) - min(stamps)) / 1000 if len(stamps) > 1 else 0
     note = "" if len(stamps) >= expected else "incomplete: see the worker log"
-    return StageResult(name, len(stamps), span or None, note=note)
+    result = StageResult(name, len(stamps), span or None, note=note)
+    if window is not None and window.is_open:
+        inside = records_after(stamps, window.opened_at_ms)
+        if inside:
+            result.add_cpu(window, inside)
+        else:  # a small, fast stage: its outputs all came in the fetch that opened the window
+            result.note = "; ".join(filter(None, [note, NO_CPU_NOTE]))
+    return result
 
 
 def _popen(worker: WorkerProcess, command: list[str]) -> subprocess.Popen[bytes]:
     env = {**os.environ, **worker.settings.as_env()}
     with worker.log_path.open("ab") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_all(workers: list[WorkerProcess], grace_s: float = 15.0) -> None:
+    """SIGTERM to every worker at once, then wait for each (SIGKILL after `grace_s`): their
+    shutdowns overlap instead of adding up."""
+    for worker in workers:
+        if worker.alive:
+            assert worker.process is not None
+            worker.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        if worker.process is None:
+            continue
+        try:
+            worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
+def _pid(process: Any) -> int:
+    """The pid of a WorkerProcess or a Popen (started)."""
+    popen = process.process if isinstance(process, WorkerProcess) else process
+    assert popen is not None, "a worker's pid before it started"
+    return int(popen.pid)
+
+
+def _by_role(workers: list[WorkerProcess]) -> dict[str, list[Any]]:
+    roles: dict[str, list[Any]] = {}
+    for worker in workers:
+        roles.setdefault(worker.role, []).append(worker)
+    return roles
 
 
 def _alive(process: Any) -> bool:
@@ -401,7 +522,8 @@ def _peak_rss_mb(worker: WorkerProcess) -> float:
 def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, "-m", "processor.devtools.receiver", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
+    # Generous: on a machine shared with other test suites, importing aiohttp alone has taken 15 s.
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()

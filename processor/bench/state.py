@@ -5,7 +5,8 @@ Measures, in one run and on one worker's RocksDB state:
 2. fill: M events from M distinct profiles into a flow whose runs wait on a 30-day delay,
    so the state holds M profiles and M pending delays; events/s and the worker's RSS;
 3. restart-to-ready: the worker is stopped (SIGTERM) and started again on the same data
-   folder; the time until a new event's webhook-due record appears (group join included);
+   folder; the time until a new event's webhook-due record appears (group join included),
+   split by the worker's /readyz into process start, join + recovery, and the first record;
 4. N bench events with the M pending delays in place, against the baseline of step 1.
 """
 
@@ -15,10 +16,13 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import orjson
 
+from processor.bench.scale import readyz
 from processor.bench.stages import Bench, StageResult, _peak_rss_mb, count_records, stage_from_stamps
 from processor.clock import iso, now_ms
+from processor.devtools.broker import free_port
 from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import make_producer
 from processor.settings import Settings
@@ -77,7 +81,8 @@ async def run_state_stage(bench: Bench, profiles: int) -> list[StageResult]:
     finally:
         worker.stop()
     already = await _count_webhooks(settings)
-    restarted = bench.worker("processor", settings).start()
+    # With an endpoint of its own: its /readyz tells when it is up and when it is ready.
+    restarted = bench.worker("processor", settings.with_(metrics_port=free_port())).start()
     try:
         ready = await _restart_to_ready(bench, settings, restarted, profiles, already)
         loaded = await _bench_events(bench, settings, restarted, "loaded", n,
@@ -94,10 +99,11 @@ async def _bench_events(bench: Bench, settings: Settings, worker: WorkerProcess,
     already = await _count_webhooks(settings)
     since_ms = now_ms()
     await bench.produce_events(settings, run)
+    window = bench.cpu_window({"processor": [worker]})
     stamps = await count_records(settings, settings.topics.webhooks, already + expect, _deadline(expect),
-                                 alive=lambda: worker.alive)
+                                 alive=lambda: worker.alive, window=window)
     # Records come in partition order, not time order: keep those written after this step began.
-    return stage_from_stamps(name, [s for s in stamps if s >= since_ms], expect)
+    return stage_from_stamps(name, stamps, expect, window, since_ms=since_ms)
 
 
 async def _count_webhooks(settings: Settings) -> int:
@@ -106,10 +112,12 @@ async def _count_webhooks(settings: Settings) -> int:
 
 async def _fill(bench: Bench, settings: Settings, worker: WorkerProcess, profiles: int) -> StageResult:
     await produce_signups(settings, profiles)
+    window = bench.cpu_window({"processor": [worker]})
     stamps = await count_records(settings, settings.topics.results, profiles, _deadline(profiles),
                                  accept=lambda v: b'"entered"' in v and b"bench-waiting" in v,
-                                 alive=lambda: worker.alive)
-    result = stage_from_stamps(f"fill: {profiles:,} profiles, each waiting on a delay", stamps, profiles)
+                                 alive=lambda: worker.alive, window=window)
+    result = stage_from_stamps(f"fill: {profiles:,} profiles, each waiting on a delay", stamps, profiles,
+                               window)
     result.rss_mb = {"processor": _peak_rss_mb(worker)}
     return result
 
@@ -117,16 +125,47 @@ async def _fill(bench: Bench, settings: Settings, worker: WorkerProcess, profile
 async def _restart_to_ready(
     bench: Bench, settings: Settings, worker: WorkerProcess, profiles: int, already: int
 ) -> StageResult:
-    """Seconds from the worker's start until a new event's webhook-due record is on Kafka."""
+    """Seconds from the worker's start until a new event's webhook-due record is on Kafka,
+    with the phases its /readyz shows: process up (imports, app built, endpoint serving),
+    ready (group joined, state recovered, due index rebuilt), then the probe's record."""
     started = worker.started_at
+    watch = asyncio.create_task(_readyz_phases(worker))
     await bench.send_untimed(settings, "probe")
     stamps = await count_records(settings, settings.topics.webhooks, already + 1, time.monotonic() + 300,
                                  alive=lambda: worker.alive)
     seconds = time.monotonic() - started
+    up_s, ready_s = await watch
     ok = len(stamps) > already
-    return StageResult(f"restart to ready with {profiles:,} profiles", 1 if ok else 0,
-                       seconds if ok else None, rss_mb={"processor": _peak_rss_mb(worker)},
-                       note="seconds until a new event's webhook-due record" if ok else "not ready")
+    result = StageResult(f"restart to ready with {profiles:,} profiles", 1 if ok else 0,
+                         seconds if ok else None, rss_mb={"processor": _peak_rss_mb(worker)})
+    result.phases_s = {"up": up_s, "ready": ready_s}
+    phases = restart_phases(up_s, ready_s, seconds)
+    result.note = f"seconds until a new event's webhook-due record; {phases}" if ok else "not ready"
+    return result
+
+
+def restart_phases(up_s: float | None, ready_s: float | None, total_s: float) -> str:
+    """'up 4.1 s, joined and recovered +9.0 s, first record +0.4 s' (from the start)."""
+    if up_s is None or ready_s is None:
+        return "phases not seen (the endpoint did not answer)"
+    return (f"process up {up_s:.1f} s, joined + recovered + due index +{ready_s - up_s:.1f} s, "
+            f"first record +{max(0.0, total_s - ready_s):.1f} s")
+
+
+async def _readyz_phases(worker: WorkerProcess) -> tuple[float | None, float | None]:
+    """Seconds from the worker's start until its /readyz answers, and until it says ready."""
+    up = ready = None
+    deadline = time.monotonic() + 300
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while ready is None and time.monotonic() < deadline and worker.alive:
+            body = await readyz(session, worker)
+            now = time.monotonic() - worker.started_at
+            if body is not None and up is None:
+                up = now
+            if body is not None and body.get("ready"):
+                ready = now
+            await asyncio.sleep(0.1)
+    return up, ready
 
 
 def _deadline(records: int) -> float:

@@ -112,7 +112,7 @@ def _stderr_console() -> Console:
 @click.option("--store", type=click.Choice(["memory", "rocksdb"]), default="memory", show_default=True,
               help="State store of the processor and the plain-agent baseline.")
 @click.option("--partitions", default=8, show_default=True, help="Partitions of the bench topics.")
-@click.option("--stages", default="raw,agent,processor,dispatcher,e2e", show_default=True,
+@click.option("--stages", default="raw,agent,processor,dispatcher,e2e,half", show_default=True,
               help="Comma-separated stages to run.")
 @click.option("--state-profiles", default=1_000_000, show_default=True,
               help="Profiles (each with a pending delay) the 'state' stage fills a RocksDB state with.")
@@ -121,17 +121,25 @@ def _stderr_console() -> Console:
 @click.option("--soak-seconds", default=300.0, show_default=True, help="How long the 'soak' stage sends.")
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
 @click.option("--kafka", is_flag=True, help="Run every stage on one Apache Kafka node (make kafka).")
+@click.option("--scale-workers", default="1,2,4", show_default=True,
+              help="'scale' stage: processors (and as many dispatchers) per run.")
+@click.option("--scale-partitions", default="8,16", show_default=True,
+              help="'scale' stage: partitions per run.")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
           partitions: int, stages: str, state_profiles: int, soak_events: int, soak_seconds: float,
-          as_json: bool, kafka: bool) -> None:
+          as_json: bool, kafka: bool, scale_workers: str, scale_partitions: str) -> None:
     """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
 
-    Stages: raw, agent, processor, dispatcher, e2e (the default), and on request: state (the
-    processor with --state-profiles profiles and pending delays in a RocksDB state) and soak
-    (--soak-events over --soak-seconds with 10% 503, 1% hanging and one destination down).
+    Stages: raw, agent, processor, dispatcher, e2e, half (end to end at half the e2e rate; the
+    default), and on request: state (the processor with --state-profiles profiles and pending
+    delays in a RocksDB state), scale (end to end with --scale-workers processors and
+    dispatchers on --scale-partitions partitions) and soak (--soak-events over --soak-seconds
+    with 10% 503, 1% hanging and one destination down). Every stage reports the CPU µs per
+    record of each of its processes.
     """
     # heavy (faust, aiohttp, the embedded broker): only this command needs the bench
     from processor.bench.run import run_bench
+    from processor.bench.scale import parse_counts
     from processor.bench.stages import ALL_STAGES, BenchConfig
 
     chosen = tuple(s.strip() for s in stages.split(",") if s.strip())
@@ -141,5 +149,7 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
     config = BenchConfig(events=events, profiles=profiles, concurrency=concurrency, brokers=brokers,
                          rate=rate, store=store, partitions=partitions, stages=chosen,
                          state_profiles=state_profiles, soak_events=soak_events, soak_seconds=soak_seconds,
-                         broker="kafka" if kafka else "embedded")
+                         broker="kafka" if kafka else "embedded",
+                         scale_workers=parse_counts("--scale-workers", scale_workers),
+                         scale_partitions=parse_counts("--scale-partitions", scale_partitions))
     sys.exit(run_bench(config, as_json=as_json))

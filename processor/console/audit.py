@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from processor import records
 from processor.clock import iso, now_ms
 from processor.kafka import ensure_topics, make_producer
 from processor.logs import get_logger
@@ -26,9 +27,10 @@ def audit_record(*, who: str, role: str | None, action: str, flow_id: str | None
                  flow_version: int | None = None, detail: dict[str, Any] | None = None,
                  at_ms: int | None = None) -> dict[str, Any]:
     """One audit record (see schemas/audit.schema.json)."""
-    return {"id": f"aud_{secrets.token_hex(12)}", "at": iso(at_ms if at_ms is not None else now_ms()),
-            "who": who, "role": role, "action": action, "flow_id": flow_id, "flow_version": flow_version,
-            "detail": detail or {}}
+    return records.as_dict(records.Audit(
+        id=f"aud_{secrets.token_hex(12)}", at=iso(at_ms if at_ms is not None else now_ms()), who=who,
+        role=role, action=action, flow_id=flow_id, flow_version=flow_version, detail=detail or {},  # type: ignore[arg-type]
+    ))
 
 
 class AuditLog:

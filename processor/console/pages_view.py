@@ -8,15 +8,15 @@ import yaml
 from aiohttp import web
 from multidict import MultiMapping
 
+from processor.basics import mask_tags
 from processor.clock import now_ms
 from processor.console import auth, queries
 from processor.console.context import CONSOLE, Console
 from processor.console.index import FAILED_OUTCOMES
 from processor.dispatch.replay import parse_time
-from processor.engine.preview import MASK, pretty_body
+from processor.engine.preview import pretty_body
 from processor.errors import FlowhookError
 from processor.flows.loader import flow_from_dict
-from processor.flows.render import SECRET_TAG
 from processor.ops.publish import describe_trigger
 
 routes = web.RouteTableDef()
@@ -129,7 +129,7 @@ def request_view(due: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     req = due.get("request") or {}
     headers = [(str(k), str(v)) for k, v in (req.get("headers") or {}).items()]
-    secret = [(str(k), SECRET_TAG.sub(MASK, str(v))) for k, v in (req.get("secret_headers") or {}).items()]
+    secret = [(str(k), mask_tags(str(v))) for k, v in (req.get("secret_headers") or {}).items()]
     body = req.get("body")
     return {"method": req.get("method"), "url": req.get("url"), "headers": headers, "secret_headers": secret,
             "signing_secrets": list(req.get("signing_secrets") or []),

@@ -15,6 +15,7 @@ from typing import Any
 
 from processor import constants as c
 from processor import strict_json
+from processor.basics import record_profile_key as profile_key
 from processor.errors import InputError, Problem
 from processor.kafka import ensure_topics, make_producer
 from processor.records import SchemaName, validation_error
@@ -28,18 +29,6 @@ class Line:
     number: int
     key: bytes | None
     value: bytes
-
-
-def profile_key(record: dict[str, Any]) -> str | None:
-    """The partition key of an event or profile update: profile id, else lower-cased email."""
-    person = record.get("profile", record)
-    if not isinstance(person, dict):
-        return None
-    if person.get("id"):
-        return str(person["id"])
-    if person.get("email"):
-        return str(person["email"]).strip().lower()
-    return None
 
 
 def read_lines(path: Path, schema: SchemaName | None) -> list[Line]:

@@ -6,7 +6,7 @@ partition re-reads what its predecessor finished after the last commit. Both car
 same delivery id and attempt number. The dispatcher remembers every attempt whose outcome
 the broker acknowledged (and every one in flight) and skips a record for an attempt already
 made; a worker taking over partitions first learns the attempts made from the results
-topic (`Attempts.learn`, fed by `worker.Lane`), which is keyed by delivery id like the
+topic (`Attempts.learn`, fed by `learn.read_attempts`), which is keyed by delivery id like the
 webhooks topic and the retry tiers, so partition p of one holds the results of partition p
 of the others.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from processor.clock import parse_iso_ms
+from processor.records.types import WebhookDue
 
 __all__ = ["Attempts"]
 
@@ -35,18 +36,18 @@ Key = tuple[str, int]  # (delivery id, attempt)
 _WITH_A_COPY = frozenset({"retry_scheduled", "dead"})
 
 
-def _key(due: dict[str, Any]) -> Key:
-    return due["delivery_id"], int(due["attempt"])
+def _key(due: WebhookDue) -> Key:
+    return due.delivery_id, due.attempt
 
 
-def _flight_key(due: dict[str, Any]) -> tuple[str, int, int]:
+def _flight_key(due: WebhookDue) -> tuple[str, int, int]:
     """In flight, a deferred try's copy (same attempt, one more deferral) is another record:
     it may be read back before the original's acks are in, and must not be taken for it."""
-    return due["delivery_id"], int(due["attempt"]), int(due.get("deferrals") or 0)
+    return due.delivery_id, due.attempt, due.deferrals or 0
 
 
-def _replayed_at_ms(due: dict[str, Any]) -> int | None:
-    text = due.get("replayed_at")
+def _replayed_at_ms(due: WebhookDue) -> int | None:
+    text = due.replayed_at
     if not text:
         return None
     try:
@@ -64,7 +65,7 @@ class Attempts:
         self._in_flight: dict[tuple[str, int, int], int] = {}  # -> records of it being handled
         self.skipped = 0
 
-    def made(self, due: dict[str, Any]) -> bool:
+    def made(self, due: WebhookDue) -> bool:
         """True when this record's attempt was already made or is being made."""
         if _flight_key(due) in self._in_flight:
             return True
@@ -74,11 +75,11 @@ class Attempts:
         replayed = _replayed_at_ms(due)
         return replayed is None or finished >= replayed
 
-    def begin(self, due: dict[str, Any]) -> None:
+    def begin(self, due: WebhookDue) -> None:
         key = _flight_key(due)
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
 
-    def end(self, due: dict[str, Any], *, finished_ms: int | None) -> None:
+    def end(self, due: WebhookDue, *, finished_ms: int | None) -> None:
         """The record is done: `finished_ms` when its attempt was made and acknowledged,
         None when it was abandoned, failed or only deferred (so it may be made later)."""
         flight = _flight_key(due)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
-from typing import Any, Final
+from typing import Final
 
 from processor.dispatch.breaker import Breaker
 from processor.logs import get_logger
+from processor.records.types import WebhookDue
 
 log = get_logger(__name__)
 
@@ -46,9 +47,9 @@ class Deferrals:
         base = max(remaining, breaker.cooldown_ms // 5, MIN_WAIT_MS)
         return int(base * (1 + self.rng.uniform(0, JITTER)))
 
-    def secret_wait_ms(self, due: dict[str, Any]) -> int:
+    def secret_wait_ms(self, due: WebhookDue) -> int:
         """5 s, then doubling with each deferral of this delivery, up to a minute."""
-        deferrals = min(int(due.get("deferrals") or 0), 16)
+        deferrals = min(due.deferrals or 0, 16)
         wait = min(SECRET_WAIT_FIRST_MS * 2**deferrals, SECRET_WAIT_MAX_MS)
         return int(wait * (1 + self.rng.uniform(-JITTER, JITTER)))
 

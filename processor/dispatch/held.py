@@ -30,6 +30,7 @@ from processor.dispatch.replay import fresh_attempt, produce_all
 from processor.kafka import ensure_topics
 from processor.logs import get_logger
 from processor.ops.reading import latest_outcomes, read_dues
+from processor.records.due import due_from
 from processor.settings import Settings
 
 log = get_logger(__name__)
@@ -101,7 +102,7 @@ def released(due: dict[str, Any]) -> dict[str, Any]:
 
 def cancelled(due: dict[str, Any]) -> dict[str, Any]:
     """The `cancelled` result record of a held delivery."""
-    return records.delivery_result(due, outcome="cancelled", error=CANCEL_REASON)
+    return records.as_dict(records.delivery_result(due_from(due), outcome="cancelled", error=CANCEL_REASON))
 
 
 # --- the Kafka edge ----------------------------------------------------------------------

@@ -10,12 +10,14 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+from msgspec import UNSET
 
 from processor import records
 from processor.clock import iso, now_ms, parse_iso_ms
-from processor.dispatch.delivery import Attempt
+from processor.dispatch.attempt import Attempt
 from processor.dispatch.retry_policy import Dead, Retry, plan_retry, tier_for
+from processor.records.due import dead_copy, deferred_copy, retry_copy
+from processor.records.types import LastAttempt, WebhookDue
 from processor.settings import Topics
 
 __all__ = ["Output", "after_attempt", "deferred", "expired", "for_mode", "invalid_input", "result_output"]
@@ -32,70 +34,72 @@ class Output:
     attempt_made: bool = True  # False for the outputs of a deferred try (not an attempt)
 
 
-def result_output(topics: Topics, due: dict[str, Any], outcome: records.Outcome, **fields: Any) -> Output:
+def result_output(topics: Topics, due: WebhookDue, outcome: records.Outcome, **fields: Any) -> Output:
     """The result record of one attempt outcome, keyed by delivery id."""
     value = records.delivery_result(due, outcome=outcome, **fields)
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
+    return Output(topics.results, due.delivery_id.encode(), records.encode(value), outcome)
 
 
-def for_mode(topics: Topics, due: dict[str, Any]) -> list[Output] | None:
+def for_mode(topics: Topics, due: WebhookDue) -> list[Output] | None:
     """The outputs of a record that is not to be sent (held or invalid), else None."""
-    mode = due["mode"]
+    mode = due.mode
     if mode == "held":
         # The record waits in the Needs-Review queue (processor.dispatch.held) until someone sends or
         # cancels it; the copy goes first, so a `held` result always has its queued record.
-        queued = Output(topics.held, due["delivery_id"].encode(), orjson.dumps(due))
+        queued = Output(topics.held, due.delivery_id.encode(), records.encode(due))
         return [queued, result_output(topics, due, "held", error="flow is in manual status: not sent")]
     if mode == "invalid":
-        return [result_output(topics, due, "invalid", error=due.get("error") or "invalid request")]
+        return [result_output(topics, due, "invalid", error=due.error or "invalid request")]
     return None
 
 
-def expired(topics: Topics, due: dict[str, Any], now: int) -> list[Output] | None:
+def expired(topics: Topics, due: WebhookDue, now: int) -> list[Output] | None:
     """A retry whose max_age has passed while it waited is `dead` without another request."""
-    first = due.get("first_attempt_at")
-    max_age = int(due["options"]["max_age_ms"])
+    first = due.first_attempt_at
+    max_age = due.options.max_age_ms
     if not first or now - parse_iso_ms(first) <= max_age:
         return None
-    reason = f"max_age of {max_age} ms passed before attempt {due['attempt']}"
+    reason = f"max_age of {max_age} ms passed before attempt {due.attempt}"
     return _dead_outputs(topics, due, Dead(reason), {**_last_attempt_fields(due), "finished_at_ms": now})
 
 
-def _last_attempt_fields(due: dict[str, Any]) -> dict[str, Any]:
+def _last_attempt_fields(due: WebhookDue) -> dict[str, Any]:
     """Status, error and excerpt of the last real attempt (carried on retry copies), for `dead`."""
-    last = due.get("last_attempt") or {}
-    return {"http_status": last.get("http_status"), "error": last.get("error"),
-            "response_excerpt": last.get("response_excerpt")}
+    last = due.last_attempt or LastAttempt()
+    return {"http_status": _given(last.http_status), "error": _given(last.error),
+            "response_excerpt": _given(last.response_excerpt)}
 
 
-def deferred(topics: Topics, due: dict[str, Any], *, reason: str, wait_ms: int, now: int) -> list[Output]:
+def _given(value: Any) -> Any:
+    return None if value is UNSET else value
+
+
+def deferred(topics: Topics, due: WebhookDue, *, reason: str, wait_ms: int, now: int) -> list[Output]:
     """A try that was not made (circuit open, a secret missing): the same attempt again after
     `wait_ms`, through a retry tier. It spends no retry; only `max_age` (counted from the first
     try, deferred or not) ends it, as `dead` with the last real attempt's status and error.
     The first deferral of a delivery writes a `retry_scheduled` result marked `deferred`, so
     the wait is visible; later ones write none (an outage must not flood the results)."""
-    first = due.get("first_attempt_at") or iso(now)
-    max_age = int(due["options"]["max_age_ms"])
+    first = due.first_attempt_at or iso(now)
+    max_age = due.options.max_age_ms
     not_before = now + wait_ms
     if not_before - parse_iso_ms(first) > max_age:
         fields = {**_last_attempt_fields(due), "finished_at_ms": now}
         fields["error"] = f"{fields['error']}; {reason}" if fields["error"] else reason
         return _dead_outputs(topics, due, Dead(f"max_age of {max_age} ms reached while deferred"), fields)
-    count = int(due.get("deferrals") or 0)
-    again = {**due, "not_before": iso(not_before), "first_attempt_at": first, "deferrals": count + 1}
-    outputs = [Output(topics.retry_tier(tier_for(wait_ms)), due["delivery_id"].encode(), orjson.dumps(again),
+    again = deferred_copy(due, not_before_ms=not_before, first_attempt_at=first)
+    outputs = [Output(topics.retry_tier(tier_for(wait_ms)), due.delivery_id.encode(), records.encode(again),
                       attempt_made=False)]
-    if count == 0:
+    if not due.deferrals:
         value = records.delivery_result(due, outcome="retry_scheduled", error=f"deferred: {reason}",
-                                        finished_at_ms=now, next_attempt_at_ms=not_before)
-        value["deferred"] = True
-        outputs.insert(0, Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value),
+                                        finished_at_ms=now, next_attempt_at_ms=not_before, deferred=True)
+        outputs.insert(0, Output(topics.results, due.delivery_id.encode(), records.encode(value),
                                  "retry_scheduled", attempt_made=False))
     return outputs
 
 
 def _attempt_result(
-    topics: Topics, due: dict[str, Any], outcome: records.Outcome, attempt: Attempt
+    topics: Topics, due: WebhookDue, outcome: records.Outcome, attempt: Attempt
 ) -> Output:
     """`result_output` with the attempt's fields passed directly."""
     value = records.delivery_result(
@@ -108,7 +112,7 @@ def _attempt_result(
         sent_at_ms=attempt.sent_at_ms,
         finished_at_ms=attempt.finished_at_ms,
     )
-    return Output(topics.results, due["delivery_id"].encode(), orjson.dumps(value), outcome)
+    return Output(topics.results, due.delivery_id.encode(), records.encode(value), outcome)
 
 
 def _attempt_fields(attempt: Attempt) -> dict[str, Any]:
@@ -123,7 +127,7 @@ def _attempt_fields(attempt: Attempt) -> dict[str, Any]:
 
 
 def after_attempt(
-    topics: Topics, due: dict[str, Any], attempt: Attempt, rng: random.Random | None = None
+    topics: Topics, due: WebhookDue, attempt: Attempt, rng: random.Random | None = None
 ) -> list[Output]:
     """The result record, plus the retry-tier or dead-letter copy a retryable failure needs."""
     kind = attempt.failure
@@ -133,13 +137,13 @@ def after_attempt(
         return [_attempt_result(topics, due, kind.outcome, attempt)]  # type: ignore[arg-type]
     fields = _attempt_fields(attempt)
     finished = attempt.finished_at_ms or now_ms()
-    first = due.get("first_attempt_at")
+    first = due.first_attempt_at
     first_ms = parse_iso_ms(first) if first else (attempt.sent_at_ms or finished)
-    options = due["options"]
+    options = due.options
     plan = plan_retry(
-        attempt=int(due["attempt"]),
-        retry_ms=options.get("retry_ms"),
-        max_age_ms=int(options["max_age_ms"]),
+        attempt=due.attempt,
+        retry_ms=options.retry_ms,
+        max_age_ms=options.max_age_ms,
         first_attempt_ms=first_ms,
         now_ms=finished,
         retry_after_ms=attempt.retry_after_ms,
@@ -151,31 +155,25 @@ def after_attempt(
 
 
 def _retry_outputs(
-    topics: Topics, due: dict[str, Any], plan: Retry, first_ms: int, fields: dict[str, Any]
+    topics: Topics, due: WebhookDue, plan: Retry, first_ms: int, fields: dict[str, Any]
 ) -> list[Output]:
-    again = {
-        **due,
-        "attempt": int(due["attempt"]) + 1,
-        "not_before": iso(plan.not_before_ms),
-        "first_attempt_at": iso(first_ms),
-        "last_attempt": {"http_status": fields["http_status"], "error": fields["error"],
-                         "response_excerpt": records.excerpt(fields["response_excerpt"])},
-    }
+    again = retry_copy(due, not_before_ms=plan.not_before_ms, first_attempt_ms=first_ms,
+                       http_status=fields["http_status"], error=fields["error"],
+                       response_excerpt=fields["response_excerpt"])
     return [
         result_output(topics, due, "retry_scheduled", next_attempt_at_ms=plan.not_before_ms, **fields),
-        Output(topics.retry_tier(plan.tier_delay_ms), due["delivery_id"].encode(), orjson.dumps(again)),
+        Output(topics.retry_tier(plan.tier_delay_ms), due.delivery_id.encode(), records.encode(again)),
     ]
 
 
-def _dead_outputs(topics: Topics, due: dict[str, Any], plan: Dead, fields: dict[str, Any]) -> list[Output]:
+def _dead_outputs(topics: Topics, due: WebhookDue, plan: Dead, fields: dict[str, Any]) -> list[Output]:
     error = f"{fields['error']}; {plan.reason}" if fields["error"] else plan.reason
-    dead = {**due, "dead_reason": plan.reason}
     return [
         result_output(topics, due, "dead", **{**fields, "error": error}),
-        Output(topics.dead_letter, due["delivery_id"].encode(), orjson.dumps(dead)),
+        Output(topics.dead_letter, due.delivery_id.encode(), records.encode(dead_copy(due, plan.reason))),
     ]
 
 
 def invalid_input(topics: Topics, record: Any, reason: str) -> Output:
     """A copy of an unusable webhook-due record on the invalid-input topic."""
-    return Output(topics.events_invalid, record.key, orjson.dumps(records.invalid_copy(record, reason)))
+    return Output(topics.events_invalid, record.key, records.encode(records.invalid_copy(record, reason)))

@@ -77,6 +77,10 @@ class DestinationPool(Generic[T]):
             elif queue.workers == 0 and self._queues.get(key) is queue:
                 del self._queues[key]
 
+    def __len__(self) -> int:
+        """Destinations with a queue now: a queue goes once it is empty and its workers ended."""
+        return len(self._queues)
+
     def queued(self) -> int:
         return sum(len(q.items) for q in self._queues.values())
 

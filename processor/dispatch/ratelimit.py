@@ -6,7 +6,13 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from processor.dispatch.bounded import make_room
+
 __all__ = ["RateLimiter", "RateLimiters"]
+
+# Limiters kept; beyond it, those whose next slot has passed are forgotten (a new one is the
+# same), then the oldest (see `bounded`).
+DEFAULT_CAPACITY = 10_000
 
 
 @dataclass
@@ -22,6 +28,10 @@ class RateLimiter:
         self.next_slot = slot + 1.0 / self.rate
         return slot - now
 
+    def idle(self, now: float) -> bool:
+        """No slot reserved beyond `now`: the same as a limiter made afresh."""
+        return self.next_slot <= now
+
     async def acquire(self) -> None:
         wait = self.reserve(time.monotonic())
         if wait > 0:
@@ -33,11 +43,16 @@ class RateLimiters:
     """One limiter per (destination, rate); a changed rate starts a fresh limiter."""
 
     by_key: dict[tuple[str, float], RateLimiter] = field(default_factory=dict)
+    capacity: int = DEFAULT_CAPACITY
+
+    def get(self, destination: str, rate: float, now: float) -> RateLimiter:
+        limiter = self.by_key.get((destination, rate))
+        if limiter is None:
+            make_room(self.by_key, self.capacity, lambda other: other.idle(now))
+            limiter = self.by_key[(destination, rate)] = RateLimiter(rate)
+        return limiter
 
     async def acquire(self, destination: str, rate: float | None) -> None:
         if not rate:
             return
-        limiter = self.by_key.get((destination, rate))
-        if limiter is None:
-            limiter = self.by_key[(destination, rate)] = RateLimiter(rate)
-        await limiter.acquire()
+        await self.get(destination, rate, time.monotonic()).acquire()

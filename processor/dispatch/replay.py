@@ -23,11 +23,13 @@ from typing import Any
 
 import orjson
 
-from processor.clock import iso, now_ms, parse_iso_ms
+from processor import records
+from processor.clock import now_ms, parse_iso_ms
 from processor.durations import DurationError, parse_duration_ms
 from processor.kafka import ensure_topics, make_producer
 from processor.logs import get_logger
 from processor.ops.reading import latest_outcomes, read_dues
+from processor.records import due as due_records
 from processor.settings import Settings
 
 log = get_logger(__name__)
@@ -69,13 +71,9 @@ def parse_time(text: str | None, now: int | None = None) -> int | None:
 
 
 def fresh_attempt(dead: dict[str, Any], now: int | None = None) -> dict[str, Any]:
-    """A dead-letter record as a new first try, keeping its delivery id (the webhook-id).
-    `replayed_at` tells the dispatcher that attempt 1 is meant to be made again (see
-    `dispatch.dedupe`): only attempts made since then count for this record."""
-    again = {k: v for k, v in dead.items() if k not in ("dead_reason", "deferrals", "last_attempt")}
-    again.update(attempt=1, not_before=None, first_attempt_at=None,
-                 replayed_at=iso(now if now is not None else now_ms()))
-    return again
+    """A dead-letter record as a new first try (`records.due.fresh_attempt`), as its JSON value."""
+    again = due_records.fresh_attempt(due_records.due_from(dead), now if now is not None else now_ms())
+    return records.as_dict(again)
 
 
 def select(

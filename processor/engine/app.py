@@ -20,10 +20,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from faust.types import TP
 
+from processor import records
 from processor.clock import now_ms
 from processor.engine import changelog_tail, faust_compat
 from processor.engine.batch import Topics
@@ -166,7 +166,7 @@ class Engine:
 
     async def _flow_refused(self, record: Any, reason: str) -> None:
         """A flow record the registry refused: copied aside like any unusable input."""
-        value = orjson.dumps(invalid_copy(record, reason))
+        value = records.encode(invalid_copy(record, reason))
         try:
             if self._flows_producer is None:  # flows are read before Faust's producer exists; rare
                 self._flows_producer = make_producer(self.settings)

@@ -214,4 +214,4 @@ def _refusal(item: Input, reason: str, topic: str) -> Produce:
     log.warning("input_refused", topic=item.topic, partition=item.partition, offset=item.offset,
                 reason=reason[:200])
     source = f"{item.topic}/{item.partition}/{item.offset}"
-    return Produce(topic, item.key, orjson.dumps(records.invalid_copy(item, reason)), source=source)
+    return Produce(topic, item.key, records.encode(records.invalid_copy(item, reason)), source=source)

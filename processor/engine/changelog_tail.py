@@ -3,7 +3,7 @@
 Why: Faust's recovery reads a changelog partition up to its high watermark, and the
 embedded broker (Tansu) reports the end offset as the base offset of the last batch, so
 records of a changelog partition's last batch can be missing after a restart or a
-rebalance (tests/test_engine_workers.py shows waiting runs lost that way: 12 records, end
+rebalance (tests/engine/test_engine_workers.py shows waiting runs lost that way: 12 records, end
 reported as 1). After Faust's recovery the table (`faust_app.EngineTable`) calls
 `catch_up` for its active changelog partitions: each is read again from that reported
 end until it is idle and what is found is applied; applying changelog records again is

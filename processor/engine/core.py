@@ -166,17 +166,6 @@ _HANDLERS = {"event": handle_event, "profile": handle_profile_update, "wakeup": 
 # --- profile ---------------------------------------------------------------------------
 
 
-def profile_key(profile: dict[str, Any]) -> str | None:
-    """The profile id a record belongs to: its `id`, else its lower-cased email."""
-    pid = profile.get("id")
-    if isinstance(pid, str) and pid:
-        return pid
-    email = profile.get("email")
-    if isinstance(email, str) and email:
-        return email.strip().lower()
-    return None
-
-
 def merge_profile(stored: dict[str, Any], incoming: dict[str, Any]) -> None:
     """Merge profile fields field by field; custom `properties` merge key by key."""
     for name, value in incoming.items():
@@ -435,7 +424,7 @@ def _run_result(
     now_ms: int,
     reason: str | None = None,
 ) -> Output:
-    value = records.run_result(
+    value = records.as_dict(records.run_result(
         run_id_=run.run_id,
         flow_id=run.flow_id,
         flow_version=run.version,
@@ -444,7 +433,7 @@ def _run_result(
         status=status,
         at_ms=now_ms,
         reason=reason,
-    )
+    ))
     return Output("result", run.run_id, value)
 
 
@@ -561,35 +550,28 @@ def webhook_due(
     rendered = render_webhook(step, flow=flow, event=run.event, profile=state.profile)
     mode = "invalid" if rendered.error else ("held" if status == "manual" else "send")
     now = iso(now_ms)
-    return {
-        "delivery_id": records.delivery_id(flow.id, run.run_id, step.id),
-        "flow_id": flow.id,
-        "flow_version": flow.version,
-        "flow_name": flow.name,
-        "step_id": step.id,
-        "run_id": run.run_id,
-        "profile_id": state.profile_id,
-        "event_id": run.event["id"],
-        "metric": run.event.get("metric", ""),
-        "mode": mode,
-        "error": rendered.error,
-        "request": {
-            "method": rendered.method,
-            "url": rendered.url,
-            "headers": dict(rendered.headers),
-            "secret_headers": dict(rendered.secret_headers),
-            "body": rendered.body,
-            "signing_secrets": list(rendered.signing_secrets),
-        },
-        "options": {
-            "timeout_ms": step.timeout_ms,
-            "retry_ms": list(step.retry_ms) if step.retry_ms is not None else None,
-            "max_age_ms": step.max_age_ms,
-            "rate_limit": step.rate_limit,
-        },
-        "due_at": now,
-        "created_at": now,
-        "attempt": 1,
-        "not_before": None,
-        "first_attempt_at": None,
-    }
+    return records.as_dict(records.WebhookDue(
+        delivery_id=records.delivery_id(flow.id, run.run_id, step.id),
+        flow_id=flow.id,
+        flow_version=flow.version,
+        flow_name=flow.name,
+        step_id=step.id,
+        run_id=run.run_id,
+        profile_id=state.profile_id,
+        event_id=run.event["id"],
+        metric=run.event.get("metric", ""),
+        mode=mode,  # type: ignore[arg-type]
+        error=rendered.error,
+        request=rendered.request(),
+        options=records.Options(
+            timeout_ms=step.timeout_ms,
+            retry_ms=list(step.retry_ms) if step.retry_ms is not None else None,
+            max_age_ms=step.max_age_ms,
+            rate_limit=step.rate_limit,
+        ),
+        due_at=now,
+        created_at=now,
+        attempt=1,
+        not_before=None,
+        first_attempt_at=None,
+    ))

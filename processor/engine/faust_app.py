@@ -57,7 +57,7 @@ def make_table(app: faust.App, settings: Settings, catch_up: CatchUp, recovered:
         name=TABLE_NAME,
         beacon=app.tables.beacon,
         default=None,
-        # bytes in and out: the store and the changelog keep our own orjson bytes as they are
+        # bytes in and out: the store and the changelog keep our own state bytes as they are
         key_type=bytes,
         value_type=bytes,
         schema=faust.Schema(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"),

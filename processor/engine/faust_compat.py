@@ -1,9 +1,9 @@
 """Every reach into private internals of faust-streaming, mode-streaming and aiokafka.
 
 Nothing else in the package touches a private attribute of these libraries (ruff's SLF001
-is on, and tests/test_engine_faust_compat.py scans for string-named reaches). Each reach is
+is on, and tests/engine/test_engine_faust_compat.py scans for string-named reaches). Each reach is
 one small function below, with why we need it and the version it was checked against;
-the contract tests in tests/test_engine_faust_compat.py pin the behaviour each one relies
+the contract tests in tests/engine/test_engine_faust_compat.py pin the behaviour each one relies
 on, so an upgrade fails a named test instead of losing outputs in production.
 
 `check_versions` runs when a processor worker starts: it refuses versions not in KNOWN

@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from processor import constants as c
 from processor import records, strict_json
+from processor.basics import profile_key
 from processor.clock import parse_iso_ms
-from processor.engine.core import RecordKind, profile_key
+from processor.engine.core import RecordKind
 
 _YEAR_MS = (
     parse_iso_ms(f"{c.EVENT_YEARS[0]}-01-01T00:00:00Z"),

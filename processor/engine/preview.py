@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from processor import __version__, records
+from processor.basics import MASK, mask_tags
 from processor.clock import iso, now_ms, parse_iso_ms
 from processor.constants import (
     HEADER_WEBHOOK_ID,
@@ -33,10 +34,9 @@ from processor.engine.trace import Trace, TraceStep
 from processor.errors import InputError, Problem
 from processor.flows.loader import ParseError, PathKey, line_of, parse_text
 from processor.flows.model import DelayStep, Flow, SplitStep, Step, WebhookStep
-from processor.flows.render import SECRET_TAG, RenderedRequest
+from processor.flows.render import RenderedRequest
 from processor.ops.publish import describe_delay, describe_trigger
 
-MASK = "••••"
 INDENT = "    "
 
 
@@ -297,7 +297,7 @@ def request_lines(due: Mapping[str, Any]) -> list[str]:
         names = ", ".join(request.signing_secrets)
         lines.append(f"{HEADER_WEBHOOK_SIGNATURE}: v1,{MASK} (signed with {names})")
     lines += [f"{name}: {value}" for name, value in request.headers.items()]
-    lines += [f"{name}: {SECRET_TAG.sub(MASK, value)}" for name, value in request.secret_headers.items()]
+    lines += [f"{name}: {mask_tags(value)}" for name, value in request.secret_headers.items()]
     if request.error is not None:
         lines.append(f"✗ invalid: {request.error}; the delivery would be recorded as `invalid`")
     if request.body is not None:

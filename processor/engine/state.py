@@ -4,15 +4,23 @@ One `ProfileState` per profile id: the stored profile, the active runs (each pin
 flow version it started with, with its next step and wake time), entry history per flow
 (for re-entry rules), recent event ids (de-duplication), bounded per-metric event times
 (history filters), date-property schedules, and a small outbox (see `core.handle`).
-Pure: no Kafka imports. Serialised with orjson as one JSON object with short keys.
+Pure: no Kafka imports.
+
+Typed with msgspec and serialised as one MessagePack array (`_Stored`): decoding builds the
+Runs and DateSchedules directly, with no intermediate dicts, and the bytes are about a third
+smaller than the JSON object this replaced. The next due time comes first, so the restart
+path can skip profiles with nothing due from the first bytes. State written by earlier
+versions (a JSON object with short keys) is still read, and rewritten in the new form the
+next time the profile changes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Final
 
+import msgspec
 import orjson
+from msgspec import Struct, field
 
 # How much history a profile keeps: enough for history filters and de-duplication
 # without letting one busy profile grow without bound.
@@ -24,9 +32,8 @@ OUTBOX_KEEP_MS: Final = 15 * 60_000
 OUTBOX_MAX_ENTRIES: Final = 64
 
 
-@dataclass
-class Run:
-    """One profile's pass through one flow version."""
+class Run(Struct, array_like=True, gc=False):
+    """One profile's pass through one flow version (no cycles: not tracked by the GC)."""
 
     run_id: str
     flow_id: str
@@ -37,41 +44,16 @@ class Run:
     wake_ms: int | None = None  # waiting on a delay until then
     shape: str = ""  # the shape of the flow version (see flowset.Program)
 
-    def pack(self) -> list[Any]:
-        return [
-            self.run_id,
-            self.flow_id,
-            self.version,
-            self.pc,
-            self.event,
-            self.start_ms,
-            self.wake_ms,
-            self.shape,
-        ]
 
-    @classmethod
-    def unpack(cls, data: list[Any]) -> Run:
-        return cls(*data)
-
-
-@dataclass
-class DateSchedule:
+class DateSchedule(Struct, array_like=True, gc=False):
     """The next firing of a date-property trigger for one profile and flow."""
 
     target_ms: int | None  # None: nothing left to fire (a one-off date already passed)
     value: str  # the property value the target was computed from
     signature: str  # the trigger's settings the target was computed with
 
-    def pack(self) -> list[Any]:
-        return [self.target_ms, self.value, self.signature]
 
-    @classmethod
-    def unpack(cls, data: list[Any]) -> DateSchedule:
-        return cls(*data)
-
-
-@dataclass
-class ProfileState:
+class ProfileState(Struct):
     """Everything the processor knows about one profile."""
 
     profile_id: str
@@ -112,28 +94,66 @@ class ProfileState:
             del times[: len(times) - HISTORY_PER_METRIC]
 
 
+class _Stored(Struct, array_like=True, gc=False):
+    """The serialised form: next due first (for `never_due`), then what `due_of` reads."""
+
+    d: tuple[int, str] | None  # (when, why) the profile falls due next
+    i: str  # profile id
+    p: int  # partition
+    f: dict[str, Any]  # the stored profile
+    t: dict[str, DateSchedule]
+    r: list[Run]
+    e: dict[str, list[int]]
+    s: list[str]
+    h: dict[str, list[int]]
+    o: list[list[Any]]
+
+
+class _DueView(Struct, array_like=True, gc=False):
+    """The first fields of `_Stored` (msgspec skips the rest of the array)."""
+
+    d: tuple[int, str] | None
+    i: str
+    p: int
+    f: dict[str, Any]
+    t: dict[str, msgspec.Raw]  # only the flow ids are needed: the schedules stay undecoded
+
+
+_encoder: Final = msgspec.msgpack.Encoder()
+_decoder: Final = msgspec.msgpack.Decoder(_Stored)
+_due_decoder: Final = msgspec.msgpack.Decoder(_DueView)
+
+
 def dumps(state: ProfileState) -> bytes:
-    """Compact JSON bytes for the table; `d` (next due, reason) first for the due index."""
-    return orjson.dumps(
-        {
-            "d": state.next_due(),
-            "i": state.profile_id,
-            "p": state.partition,
-            "f": state.profile,
-            "r": [r.pack() for r in state.runs.values()],
-            "e": state.entries,
-            "s": state.seen,
-            "h": state.history,
-            "t": {k: v.pack() for k, v in state.dates.items()},
-            "o": state.outbox,
-        }
-    )
+    """Compact MessagePack bytes for the table; next due (when, reason) first for the due index."""
+    return _encoder.encode(_Stored(
+        state.next_due(), state.profile_id, state.partition, state.profile, state.dates,
+        list(state.runs.values()), state.entries, state.seen, state.history, state.outbox,
+    ))
 
 
 def loads(data: bytes) -> ProfileState:
-    """The inverse of `dumps`."""
+    """The inverse of `dumps` (and the reader of the earlier JSON form)."""
+    if data[:1] == b"{":
+        return _loads_json(data)
+    raw = _decoder.decode(data)
+    return ProfileState(
+        profile_id=raw.i,
+        partition=raw.p,
+        profile=raw.f,
+        runs={r.run_id: r for r in raw.r},
+        entries=raw.e,
+        seen=raw.s,
+        history=raw.h,
+        dates=raw.t,
+        outbox=raw.o,
+    )
+
+
+def _loads_json(data: bytes) -> ProfileState:
+    """State as versions before the typed state wrote it: a JSON object with short keys."""
     raw = orjson.loads(data)
-    runs = (Run.unpack(r) for r in raw["r"])
+    runs = (Run(*r) for r in raw["r"])
     return ProfileState(
         profile_id=raw["i"],
         partition=raw["p"],
@@ -142,13 +162,12 @@ def loads(data: bytes) -> ProfileState:
         entries=raw["e"],
         seen=raw["s"],
         history=raw["h"],
-        dates={k: DateSchedule.unpack(v) for k, v in raw["t"].items()},
+        dates={k: DateSchedule(*v) for k, v in raw["t"].items()},
         outbox=raw["o"],
     )
 
 
-@dataclass(frozen=True)
-class DueSummary:
+class DueSummary(Struct, frozen=True):
     """What the due index needs of a stored state, read without building a ProfileState."""
 
     profile_id: str
@@ -159,18 +178,23 @@ class DueSummary:
     dated_flows: frozenset[str]  # flows whose date trigger this profile has a schedule for
 
 
-# How `dumps` starts when nothing of the profile falls due (no waiting run, no date trigger).
-_NEVER_DUE_PREFIX: Final = b'{"d":null,'
+# How `dumps` starts when nothing of the profile falls due (no waiting run, no date trigger):
+# a 10-element MessagePack array, then nil; and how the earlier JSON form started.
+_NEVER_DUE_PREFIXES: Final = (b"\x9a\xc0", b'{"d":null,')
 
 
 def never_due(data: bytes) -> bool:
     """True when serialised state has nothing that falls due, read without decoding it
     (`dumps` writes the next due time first)."""
-    return data.startswith(_NEVER_DUE_PREFIX)
+    return data.startswith(_NEVER_DUE_PREFIXES)
 
 
 def due_of(data: bytes) -> DueSummary:
     """The due-index summary of serialised state."""
-    raw = orjson.loads(data)
-    due_ms, reason = raw["d"] or (None, "delay")
-    return DueSummary(raw["i"], raw["p"], due_ms, reason, raw["f"], frozenset(raw["t"]))
+    if data[:1] == b"{":
+        raw = orjson.loads(data)
+        due_ms, reason = raw["d"] or (None, "delay")
+        return DueSummary(raw["i"], raw["p"], due_ms, reason, raw["f"], frozenset(raw["t"]))
+    view = _due_decoder.decode(data)
+    due_ms, reason = view.d or (None, "delay")
+    return DueSummary(view.i, view.p, due_ms, reason, view.f, frozenset(view.t))

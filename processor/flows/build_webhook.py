@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from processor.basics import SECRET_TAG
 from processor.constants import RESERVED_HEADERS
 from processor.flows import templates
 from processor.flows.checks import (
@@ -25,7 +26,7 @@ from processor.flows.checks import (
 )
 from processor.flows.klaviyo import ANY_TAG, tags_in_json
 from processor.flows.model import WebhookStep
-from processor.flows.render import SECRET_TAG, is_secret_header
+from processor.flows.render import is_secret_header
 
 HEADER_NAME: Final = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z\-]+$")
 METHODS: Final = ("POST", "PUT", "PATCH")

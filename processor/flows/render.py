@@ -22,12 +22,13 @@ from urllib.parse import quote
 
 import orjson
 
+from processor import records
+from processor.basics import SECRET_TAG
 from processor.flows import templates as t
 from processor.flows import values
 from processor.flows.model import Flow, WebhookStep
 
 CACHE_SIZE: Final = 4096
-SECRET_TAG: Final = re.compile(r"\{\{\s*secrets\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -43,16 +44,20 @@ class RenderedRequest:
     signing_secrets: list[str] = field(default_factory=list)
     error: str | None = None
 
+    def request(self) -> records.Request:
+        """The `request` of a webhook-due record."""
+        return records.Request(
+            method=self.method,  # type: ignore[arg-type]
+            url=self.url,
+            headers=dict(self.headers),
+            secret_headers=dict(self.secret_headers),
+            body=self.body,
+            signing_secrets=list(self.signing_secrets),
+        )
+
     def as_record(self) -> dict[str, Any]:
-        """The `request` object of a webhook-due record (docs/internals.md)."""
-        return {
-            "method": self.method,
-            "url": self.url,
-            "headers": dict(self.headers),
-            "secret_headers": dict(self.secret_headers),
-            "body": self.body,
-            "signing_secrets": list(self.signing_secrets),
-        }
+        """The `request` object of a webhook-due record, as its JSON value."""
+        return records.as_dict(self.request())
 
 
 @dataclass(frozen=True)

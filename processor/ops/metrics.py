@@ -15,14 +15,15 @@ and the ones listed in `METRIC_NAMES`.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["METRIC_NAMES", "GaugeCallback", "Tally", "WorkerMetrics"]
+__all__ = ["METRIC_NAMES", "Buckets", "GaugeCallback", "Tally", "WorkerMetrics"]
 
 # Seconds: from a fast loopback answer to the default 10 s timeout.
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -37,6 +38,7 @@ METRIC_NAMES: Final = (
     "flowhook_requests_in_flight",
     "flowhook_retry_tier_depth",
     "flowhook_breaker_open",
+    "flowhook_secret_missing_total",
     "flowhook_consumer_lag",
     "flowhook_invalid_records_total",
     "flowhook_flows_refused",
@@ -93,6 +95,37 @@ class GaugeCallback(Collector):
         yield family
 
 
+class Buckets(Collector):
+    """A histogram without labels, kept as plain counts; exposed as a Prometheus histogram.
+
+    prometheus_client's Histogram takes a lock and walks its buckets in Python on every
+    observation (about 1.5% of the dispatcher's CPU, once per request); here an observation
+    is one `bisect` and two additions. The workers' single event loop needs no lock."""
+
+    def __init__(self, name: str, documentation: str, buckets: Iterable[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, running = [], 0
+        for bound, count in zip([*map(_bound_text, self.bounds), "+Inf"], self.counts, strict=True):
+            running += count
+            cumulative.append((bound, running))
+        family = HistogramMetricFamily(self.name, self.documentation, buckets=cumulative, sum_value=self.sum)
+        yield family
+
+
+def _bound_text(bound: float) -> str:
+    return repr(float(bound))
+
+
 def _nothing() -> Iterable[tuple[Labels, float]]:
     return ()
 
@@ -137,16 +170,22 @@ class WorkerMetrics:
             "flowhook_deliveries_total", "Delivery result records written, by flow, step and outcome",
             ["flow", "step", "outcome"],
         )
-        self.delivery_seconds = Histogram(
+        self.delivery_seconds = Buckets(
             "flowhook_delivery_seconds", "HTTP latency of delivery attempts (request sent to response read)",
-            buckets=LATENCY_BUCKETS, registry=self.registry,
+            LATENCY_BUCKETS,
         )
+        self.registry.register(self.delivery_seconds)
         self.in_flight = 0  # requests being sent now; the dispatcher keeps it
         self._gauge("flowhook_requests_in_flight", "HTTP requests in flight", [],
                     lambda: [((), float(self.in_flight))])
         self._breakers: Callable[[], Iterable[tuple[Labels, float]]] = _nothing
         self._gauge("flowhook_breaker_open", "1 while the destination's circuit breaker is open",
                     ["destination"], lambda: self._breakers())
+        # Labelled by the secret's NAME (FLOWHOOK_SECRET_<NAME>); a value is never known here.
+        self.secret_missing = self._tally(
+            "flowhook_secret_missing_total", "Tries deferred because a secret they need is not set, by name",
+            ["secret"],
+        )
         self._retry_depth: Callable[[], Iterable[tuple[Labels, float]]] = _nothing
         self._gauge("flowhook_retry_tier_depth",
                     "Retries waiting in each tier (not yet fetched, or fetched and not yet due)",

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import orjson
 
+from processor import records
 from processor.clock import iso, now_ms
 from processor.durations import format_duration_ms
 from processor.flows.delays import describe
@@ -62,8 +63,8 @@ def plan(files: Iterable[CheckedFile], current: Mapping[str, dict[str, Any]], *,
         else:
             kind = "created" if existing is None else "updated"
             version = 1 if existing is None else int(existing.get("version", 0)) + 1
-        record = {"id": flow_id, "version": version, "definition": definition,
-                  "applied_at": applied_at, "source": checked.path}
+        record = records.as_dict(records.FlowRecord(id=flow_id, version=version, definition=definition,
+                                                    applied_at=applied_at, source=checked.path))
         changes.append(Change(flow_id, kind, version, checked.path, record))
     return changes
 

@@ -19,6 +19,7 @@ from processor.errors import InputError
 from processor.kafka import make_producer, read_records
 from processor.ops.summary import percentile, summarize
 from processor.settings import Settings
+from tests.dispatch_helpers import due_like, result_dict
 
 EVENT = {"id": "evt_1", "metric": "Placed Order", "time": "2026-11-27T10:00:00Z",
          "profile": {"id": "p_1"}, "properties": {"$value": 10}}
@@ -82,11 +83,9 @@ async def test_send_produces_keyed_by_profile(settings: Settings, tmp_path: Path
 
 def delivery(outcome: str, delivery_id: str = "d1", latency: float | None = 5.0, error: str | None = None,
              attempt: int = 1) -> dict:
-    due = {"delivery_id": delivery_id, "flow_id": "f", "flow_version": 1, "step_id": "s", "run_id": "r",
-           "profile_id": "p", "event_id": "e", "metric": "m", "due_at": "2026-11-27T10:00:00Z",
-           "request": {"url": "https://example.invalid/x?token=1"}}
-    return records.delivery_result(due, outcome=outcome, attempt=attempt, latency_ms=latency,  # type: ignore[arg-type]
-                                   error=error, http_status=200 if outcome == "delivered" else 503)
+    due = due_like("https://example.invalid/x?token=1", delivery_id=delivery_id)
+    return result_dict(due, outcome=outcome, attempt=attempt, latency_ms=latency, error=error,
+                       http_status=200 if outcome == "delivered" else 503)
 
 
 def test_summary_counts_latest_outcome_per_delivery() -> None:
@@ -95,8 +94,9 @@ def test_summary_counts_latest_outcome_per_delivery() -> None:
         delivery("retry_scheduled", error="HTTP 503"),
         delivery("delivered", attempt=2, latency=7.0),
         delivery("failed", delivery_id="d2", error="HTTP 400"),
-        records.run_result(run_id_="r", flow_id="f", flow_version=1, profile_id="p", event_id="e",
-                           status="exited", at_ms=0, reason="country eq 'US' failed"),
+        records.as_dict(records.run_result(run_id_="r", flow_id="f", flow_version=1, profile_id="p",
+                                           event_id="e", status="exited", at_ms=0,
+                                           reason="country eq 'US' failed")),
     ])
     step = summary.steps[("f", "s")]
     assert dict(step.final) == {"delivered": 1, "failed": 1}
@@ -108,8 +108,8 @@ def test_summary_counts_latest_outcome_per_delivery() -> None:
 def test_result_records_validate() -> None:
     """Delivery and run result builders write records that match schemas/result.schema.json."""
     assert records.validation_error("result", delivery("delivered")) is None
-    run = records.run_result(run_id_="r", flow_id="f", flow_version=1, profile_id="p", event_id="e",
-                             status="entered", at_ms=0)
+    run = records.as_dict(records.run_result(run_id_="r", flow_id="f", flow_version=1, profile_id="p",
+                                             event_id="e", status="entered", at_ms=0))
     assert records.validation_error("result", run) is None
     assert records.validation_error("result", {**run, "status": "paused"}) is not None
 

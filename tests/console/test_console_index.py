@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import pytest
 
-from processor import records
 from processor.clock import now_ms
 from processor.console import index, queries
 from processor.console.feed import Feed, IndexRunner, open_runner
+from processor.records.due import due_from
 from processor.settings import Settings
-from tests.dispatch_helpers import due_record, produce
+from tests.dispatch_helpers import due_record, produce, result_dict
 
 ROLES = index.TopicRoles(results="r", webhooks="w", dead_letter="d", flows="f", audit="a")
 
@@ -34,7 +34,7 @@ class Topic:
 
 
 def _result(due: dict[str, Any], outcome: str, attempt: int, at_ms: int, **kw: Any) -> dict[str, Any]:
-    return records.delivery_result(due, outcome=outcome, attempt=attempt, finished_at_ms=at_ms, **kw)  # type: ignore[arg-type]
+    return result_dict(due_from(due), outcome=outcome, attempt=attempt, finished_at_ms=at_ms, **kw)
 
 
 def test_every_attempt_is_kept_and_the_latest_outcome_wins(tmp_path: Path) -> None:

@@ -10,9 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 
+from processor.devtools.broker import free_port
 from processor.dispatch.replay import ReplayFilter, replay
 from processor.dispatch.worker import DispatcherOptions, run_dispatcher
 from processor.settings import Settings
@@ -99,6 +101,7 @@ async def test_a_missing_secret_waits_until_it_is_set(
     """A delivery whose header needs an unset secret is deferred (named, not sent); once the
     secret is set, the next try sends it with the secret, and nothing is marked invalid."""
     monkeypatch.delenv("FLOWHOOK_SECRET_LATE_TOKEN", raising=False)
+    settings = settings.with_(metrics_port=free_port())
     value = "late-" + uuid.uuid4().hex
     receiver = await ScriptedReceiver().start()
     headers = {"Authorization": "Bearer {{ secrets.LATE_TOKEN }}"}
@@ -111,6 +114,8 @@ async def test_a_missing_secret_waits_until_it_is_set(
         while not any(r.get("deferred") for r in await read_values(settings, settings.topics.results, 0.3)):
             assert time.monotonic() < deadline and not task.done()
         assert not receiver.hits
+        metrics = await _scrape(settings)
+        assert 'flowhook_secret_missing_total{secret="LATE_TOKEN"}' in metrics  # by name
         monkeypatch.setenv("FLOWHOOK_SECRET_LATE_TOKEN", value)
         while not receiver.hits:
             assert time.monotonic() < deadline + 15 and not task.done()
@@ -124,6 +129,12 @@ async def test_a_missing_secret_waits_until_it_is_set(
     outcomes = [(r["attempt"], r["outcome"], bool(r.get("deferred"))) for r in results]
     assert outcomes == [(1, "retry_scheduled", True), (1, "delivered", False)]
     assert "secret LATE_TOKEN is not set" in results[0]["error"] and value not in str(results)
+
+
+async def _scrape(settings: Settings) -> str:
+    url = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return await response.text()
 
 
 async def test_replay_outcome_failed_and_invalid_sends_those_again(settings: Settings) -> None:

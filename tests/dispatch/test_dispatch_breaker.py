@@ -33,6 +33,17 @@ def test_half_open_lets_one_probe_and_its_result_decides() -> None:
     assert breaker.allow(2_003) and breaker.allow(2_004)
 
 
+def test_a_chance_run_of_failures_at_a_mostly_healthy_destination_does_not_open() -> None:
+    """Five failures in a row after fifteen successes: most of the window answered, so the
+    circuit stays closed; once most of the window fails it opens at the next failure."""
+    breaker = Breaker(threshold=5, cooldown_ms=1_000)
+    for _ in range(15):
+        breaker.success()
+    assert not any(breaker.failure(0) for _ in range(5)) and breaker.allow(1)
+    opened = [breaker.failure(0) for _ in range(5)]
+    assert opened == [False] * 4 + [True]  # 10 of the last 20 failed
+
+
 def test_breakers_are_per_destination() -> None:
     """One destination's open circuit does not affect another."""
     breakers = Breakers(threshold=1)

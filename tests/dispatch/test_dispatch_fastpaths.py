@@ -11,7 +11,7 @@ from processor import records
 from processor.clock import iso
 from processor.dispatch.delivery import _timeout
 from processor.partitioner import KeyPartitioner, murmur2
-from tests.dispatch_helpers import due_record
+from tests.dispatch_helpers import result_dict, typed_due
 
 
 def test_murmur2_matches_kafkas_on_every_length() -> None:
@@ -50,12 +50,12 @@ def test_fast_iso_falls_back_outside_its_range() -> None:
 
 
 def test_delivery_result_times_and_destination() -> None:
-    due = due_record("https://user:pw@hooks.example.com:8443/p/a?token=1#f")
-    result = records.delivery_result(
+    due = typed_due("https://user:pw@hooks.example.com:8443/p/a?token=1#f")
+    result = result_dict(
         due, outcome="delivered", sent_at_ms=1_764_300_000_005, finished_at_ms=1_764_300_001_250,
         next_attempt_at_ms=1_764_300_005_000,
     )
-    assert result["destination"] == records.destination(due["request"]["url"])
+    assert result["destination"] == records.destination(due.request.url)
     assert "token" not in result["destination"] and "pw" not in result["destination"]
     assert result["sent_at"] == "2025-11-28T03:20:00.005Z"
     assert result["finished_at"] == "2025-11-28T03:20:01.250Z"

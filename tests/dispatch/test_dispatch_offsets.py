@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processor.dispatch.worker import PartitionOffsets
+from processor.dispatch.offsets import PartitionOffsets
 
 
 def test_nothing_is_committable_before_the_first_record_is_done() -> None:

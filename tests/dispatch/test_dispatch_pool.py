@@ -124,8 +124,8 @@ async def test_a_handle_that_raises_does_not_strand_the_queue() -> None:
 
 
 def test_records_queue_by_destination_and_unsent_ones_share_none() -> None:
-    from processor.dispatch.worker import destination_of
-    from tests.dispatch_helpers import due_record
+    from processor.dispatch.decode import destination_of
+    from tests.dispatch_helpers import typed_due as due_record
 
     assert destination_of(due_record("https://hooks.example.com/a?x=1")) == "hooks.example.com:443"
     assert destination_of(due_record("http://hooks.example.com/b")) == "hooks.example.com:80"

@@ -247,8 +247,8 @@ async def test_a_record_that_crashes_its_handler_is_not_a_poison_pill(
     doomed = dues[2]["delivery_id"]
     real_expired = outcomes.expired
 
-    def exploding(topics: Any, due: dict[str, Any], now: int) -> Any:
-        if due["delivery_id"] == doomed:
+    def exploding(topics: Any, due: Any, now: int) -> Any:
+        if due.delivery_id == doomed:
             raise RuntimeError("a bug")
         return real_expired(topics, due, now)
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
+
 from processor import records
+from processor.basics import profile_key
 from processor.clock import iso, parse_iso_ms
 from processor.engine.core import (
     date_occurrence,
     drop_committed,
     next_time_of_day,
-    profile_key,
     unscheduled_dates,
 )
 from processor.engine.flowset import FlowSet
@@ -375,4 +377,24 @@ def test_never_due_reads_serialised_state_without_decoding_it() -> None:
     for state in (idle, waiting, dated):
         raw = dumps(state)
         assert never_due(raw) == (due_of(raw).due_ms is None)
+        assert loads(raw) == state
     assert never_due(dumps(idle))
+
+
+def test_state_written_as_json_by_earlier_versions_is_still_read() -> None:
+    """A changelog written before the typed state (one JSON object, short keys) still loads."""
+    from processor.engine.state import DateSchedule, ProfileState, Run, due_of, never_due
+
+    run = ["r", "f", 1, 2, {"id": "e"}, T0, T0 + HOUR, "shape"]
+    legacy = {"d": [T0 + HOUR, "delay"], "i": "p2", "p": 3, "f": {"email": "a@example.com"}, "r": [run],
+              "e": {"f": [1, T0]}, "s": ["e"], "h": {"Placed Order": [T0]},
+              "t": {"g": [T0 + DAY, "2026-12-01", "sig"]}, "o": []}
+    raw = orjson.dumps(legacy)
+    state = loads(raw)
+    assert state == ProfileState("p2", partition=3, profile={"email": "a@example.com"},
+                                 runs={"r": Run(*run)}, entries={"f": [1, T0]}, seen=["e"],  # type: ignore[arg-type]
+                                 history={"Placed Order": [T0]},
+                                 dates={"g": DateSchedule(T0 + DAY, "2026-12-01", "sig")})
+    assert not never_due(raw) and due_of(raw).due_ms == T0 + HOUR and due_of(raw).dated_flows == {"g"}
+    assert never_due(orjson.dumps({**legacy, "d": None}))
+    assert loads(dumps(state)) == state and len(dumps(state)) < len(raw)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from processor.kafka import read_records
 from processor.settings import Settings
 from tests.engine_helpers import (
     count_by,
@@ -101,7 +102,8 @@ async def test_restart_recovers_a_changelog_partition_holding_one_batch(
         await asyncio.sleep(4)  # past the commit interval: the events are not read again
         worker.kill()
         changelog = f"{settings.topic_prefix}processor-profiles-changelog"
-        reported, stored = await _reported_end(settings, changelog), len(await read_json(settings, changelog))
+        stored = len([r async for r in read_records(settings, changelog, idle_s=1.0)])  # MessagePack values
+        reported = await _reported_end(settings, changelog)
         print(f"changelog: {reported} reported as end, {stored} records")
         if broker.kind == "kafka":
             assert reported == stored, "Apache Kafka reports the exact end offset"

@@ -18,6 +18,7 @@ from processor.clock import iso, now_ms
 from processor.kafka import ensure_topics, make_producer
 from processor.ops.summary import summarize
 from processor.settings import Settings
+from tests.dispatch_helpers import due_like, result_dict
 
 LONG_ERROR = ("HTTP 422: the receiver refused the request: field 'address.postcode' is required for "
               "country GB; send it as person.properties.postcode")
@@ -26,17 +27,16 @@ LONG_ERROR = ("HTTP 422: the receiver refused the request: field 'address.postco
 def delivery(outcome: str, delivery_id: str = "d1", *, flow: str = "f", step: str = "s", attempt: int = 1,
              run: str = "r1", error: str | None = None, status: int | None = None,
              due_ms: int = 0, finished_ms: int = 1000, latency: float | None = 10.0) -> dict[str, Any]:
-    due = {"delivery_id": delivery_id, "flow_id": flow, "flow_version": 1, "step_id": step, "run_id": run,
-           "profile_id": "p", "event_id": "e", "metric": "m", "due_at": iso(due_ms),
-           "request": {"url": "https://example.invalid/x"}}
-    return records.delivery_result(due, outcome=outcome, attempt=attempt, latency_ms=latency,  # type: ignore[arg-type]
-                                   error=error, http_status=status, finished_at_ms=finished_ms,
-                                   response_excerpt='{"error": "postcode"}' if status else None)
+    due = due_like(delivery_id=delivery_id, flow_id=flow, step_id=step, run_id=run, due_at=iso(due_ms))
+    return result_dict(due, outcome=outcome, attempt=attempt, latency_ms=latency, error=error,
+                       http_status=status, finished_at_ms=finished_ms,
+                       response_excerpt='{"error": "postcode"}' if status else None)
 
 
 def run(run_id: str, status: str, flow: str = "f", reason: str | None = None) -> dict[str, Any]:
-    return records.run_result(run_id_=run_id, flow_id=flow, flow_version=1, profile_id="p", event_id="e",
-                              status=status, at_ms=0, reason=reason)  # type: ignore[arg-type]
+    return records.as_dict(records.run_result(run_id_=run_id, flow_id=flow, flow_version=1, profile_id="p",
+                                              event_id="e", status=status, at_ms=0,  # type: ignore[arg-type]
+                                              reason=reason))
 
 
 def test_summary_runs_add_up_and_errors_stay_whole() -> None:

@@ -1,7 +1,11 @@
 """Every record Flowhook writes is built here, and every schema is loaded here.
 
-Workers use the compiled validators on input (events, profile updates); tests use them on
-everything the code writes. Builders return plain dicts ready for `orjson.dumps`.
+The shapes are the msgspec Structs of `processor.records.types` (one per record on every
+topic); the builders below return them, `encode` writes any of them, and `as_dict` gives
+the plain JSON value where code or a test wants one. The webhook-due record's decoder and
+its retry, dead-letter and replay copies are in `processor.records.due`. The schemas in
+`schemas/` are generated from the types (`processor.records.schemas`); workers use the
+compiled validators on input (events, profile updates) and tests on everything written.
 """
 
 from __future__ import annotations
@@ -13,17 +17,51 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import fastjsonschema
+import msgspec
 import orjson
+from msgspec import UNSET
 
 from processor import constants as c
 from processor.clock import iso, now_ms
+from processor.records.types import (
+    Audit,
+    DeliveryResult,
+    Event,
+    FlowRecord,
+    InvalidInput,
+    LastAttempt,
+    Options,
+    Outcome,
+    ProfileUpdate,
+    Request,
+    RunResult,
+    WakeUp,
+    WebhookDue,
+)
 from processor.resources import shipped_dir
+
+__all__ = [
+    "TERMINAL_OUTCOMES", "Audit", "DeliveryResult", "Event", "FlowRecord", "InvalidInput", "LastAttempt",
+    "Options", "Outcome", "ProfileUpdate", "Request", "RunResult", "SchemaName", "WakeUp", "WebhookDue",
+    "as_dict", "delivery_id", "delivery_result", "destination", "encode", "excerpt", "invalid_copy",
+    "invalid_input", "run_id", "run_result", "schema", "validation_error",
+]
 
 SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid",
                      "audit"]
-Outcome = Literal["delivered", "retry_scheduled", "failed", "dead", "blocked", "held", "invalid", "cancelled"]
 # `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.dispatch.held).
 TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled"})
+
+
+# One encoder for every record type: it writes the fields in their declared order and
+# leaves out the UNSET ones (see processor.records.types).
+encode = msgspec.json.Encoder().encode
+
+
+def as_dict(record: msgspec.Struct) -> dict[str, Any]:
+    """The record's JSON value as plain dicts and lists (what `encode` would write)."""
+    value: dict[str, Any] = msgspec.to_builtins(record)
+    return value
 
 
 @cache
@@ -71,7 +109,7 @@ def destination(url: str) -> str:
 
 
 def delivery_result(
-    due: dict[str, Any],
+    due: WebhookDue,
     *,
     outcome: Outcome,
     attempt: int | None = None,
@@ -82,32 +120,33 @@ def delivery_result(
     sent_at_ms: int | None = None,
     finished_at_ms: int | None = None,
     next_attempt_at_ms: int | None = None,
-) -> dict[str, Any]:
+    deferred: bool = False,
+) -> DeliveryResult:
     """The `delivery` result record for one attempt outcome of a webhook-due record."""
     # Built once per delivery on the dispatcher's hot path: the destination is cached per URL
     # and the times go through `_iso_ms`, which formats each second only once.
-    return {
-        "type": "delivery",
-        "delivery_id": due["delivery_id"],
-        "flow_id": due["flow_id"],
-        "flow_version": due["flow_version"],
-        "step_id": due["step_id"],
-        "run_id": due["run_id"],
-        "profile_id": due["profile_id"],
-        "event_id": due["event_id"],
-        "metric": due["metric"],
-        "destination": _cached_destination(due["request"]["url"]),
-        "attempt": attempt if attempt is not None else due.get("attempt", 1),
-        "outcome": outcome,
-        "http_status": http_status,
-        "latency_ms": None if latency_ms is None else round(latency_ms, 3),
-        "error": None if error is None else error[:500],
-        "response_excerpt": excerpt(response_excerpt),
-        "due_at": due["due_at"],
-        "sent_at": _iso_ms(sent_at_ms) if sent_at_ms is not None else None,
-        "finished_at": _iso_ms(finished_at_ms if finished_at_ms is not None else now_ms()),
-        "next_attempt_at": _iso_ms(next_attempt_at_ms) if next_attempt_at_ms is not None else None,
-    }
+    return DeliveryResult(
+        delivery_id=due.delivery_id,
+        flow_id=due.flow_id,
+        flow_version=due.flow_version,
+        step_id=due.step_id,
+        run_id=due.run_id,
+        profile_id=due.profile_id,
+        event_id=due.event_id,
+        metric=due.metric,
+        destination=_cached_destination(due.request.url),
+        attempt=attempt if attempt is not None else due.attempt,
+        outcome=outcome,
+        http_status=http_status,
+        latency_ms=None if latency_ms is None else round(latency_ms, 3),
+        error=None if error is None else error[:500],
+        response_excerpt=excerpt(response_excerpt),
+        due_at=due.due_at,
+        sent_at=_iso_ms(sent_at_ms) if sent_at_ms is not None else None,
+        finished_at=_iso_ms(finished_at_ms if finished_at_ms is not None else now_ms()),
+        next_attempt_at=_iso_ms(next_attempt_at_ms) if next_attempt_at_ms is not None else None,
+        deferred=True if deferred else UNSET,
+    )
 
 
 _cached_destination = lru_cache(maxsize=4096)(destination)
@@ -142,25 +181,16 @@ def run_result(
     *,
     run_id_: str,
     flow_id: str,
-    flow_version: int | None,
+    flow_version: int,
     profile_id: str,
     event_id: str,
     status: Literal["entered", "exited", "completed"],
     at_ms: int,
     reason: str | None = None,
-) -> dict[str, Any]:
+) -> RunResult:
     """The `run` result record for one lifecycle change of a run."""
-    return {
-        "type": "run",
-        "run_id": run_id_,
-        "flow_id": flow_id,
-        "flow_version": flow_version,
-        "profile_id": profile_id,
-        "event_id": event_id,
-        "status": status,
-        "reason": reason,
-        "at": iso(at_ms),
-    }
+    return RunResult(run_id=run_id_, flow_id=flow_id, flow_version=flow_version, profile_id=profile_id,
+                     event_id=event_id, status=status, reason=reason, at=iso(at_ms))
 
 
 def invalid_input(
@@ -172,7 +202,7 @@ def invalid_input(
     value: bytes | None,
     reason: str,
     seen_at_ms: int | None = None,
-) -> dict[str, Any]:
+) -> InvalidInput:
     """A copy of an unusable input record with the reason; nothing is dropped silently.
 
     Key and value are kept as base64 up to INVALID_COPY_KEY_BYTES / INVALID_COPY_VALUE_BYTES:
@@ -182,19 +212,19 @@ def invalid_input(
     """
     copy_key, key_cut = _kept(key, c.INVALID_COPY_KEY_BYTES)
     copy_value, value_cut = _kept(value, c.INVALID_COPY_VALUE_BYTES)
-    return {
-        "source_topic": source_topic,
-        "partition": partition,
-        "offset": offset,
-        "key_b64": copy_key,
-        "value_b64": copy_value,
-        "reason": reason[:1000],
-        "seen_at": iso(seen_at_ms if seen_at_ms is not None else now_ms()),
-        "key_size": None if key is None else len(key),
-        "value_size": None if value is None else len(value),
-        "value_sha256": None if value is None else hashlib.sha256(value).hexdigest(),
-        "truncated": key_cut or value_cut,
-    }
+    return InvalidInput(
+        source_topic=source_topic,
+        partition=partition,
+        offset=offset,
+        key_b64=copy_key,
+        value_b64=copy_value,
+        reason=reason[:1000],
+        seen_at=iso(seen_at_ms if seen_at_ms is not None else now_ms()),
+        key_size=None if key is None else len(key),
+        value_size=None if value is None else len(value),
+        value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
+        truncated=key_cut or value_cut,
+    )
 
 
 def _kept(data: bytes | None, limit: int) -> tuple[str | None, bool]:
@@ -204,7 +234,7 @@ def _kept(data: bytes | None, limit: int) -> tuple[str | None, bool]:
     return base64.b64encode(data[:limit]).decode(), len(data) > limit
 
 
-def invalid_copy(message: Any, reason: str) -> dict[str, Any]:
+def invalid_copy(message: Any, reason: str) -> InvalidInput:
     """`invalid_input` for a consumed record (anything with topic, partition, offset, key, value)."""
     return invalid_input(source_topic=message.topic, partition=message.partition, offset=message.offset,
                          key=message.key, value=message.value, reason=reason)

@@ -32,7 +32,7 @@ from processor.engine.faust_app import make_app
 from processor.settings import Settings
 from tests.engine_helpers import InProcessEngine, event, event_bytes, produce, publish_flows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- the start-up version check ----------------------------------------------------------
@@ -129,7 +129,9 @@ def test_no_private_reach_outside_the_adapter() -> None:
     """Outside faust_compat.py no module imports a private name of faust/mode/aiokafka or
     reaches one by a string (`getattr(x, "_name")`); ruff's SLF001 covers `x._name`."""
     found = []
-    for path in (ROOT / "processor").rglob("*.py"):
+    modules = list((ROOT / "processor").rglob("*.py"))
+    assert len(modules) > 100, f"the scan found only {len(modules)} modules under {ROOT}"  # a moved ROOT
+    for path in modules:
         if path.name == "faust_compat.py":
             continue
         text = path.read_text()
