@@ -23,6 +23,7 @@ test: $(STAMP)
 	bash .ci/install-system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	bash .ci/test-legs
 
 # ruff; the import direction (import-linter, [tool.importlinter]); types (mypy, [tool.mypy]).
