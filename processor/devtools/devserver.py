@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,18 @@ log = get_logger(__name__)
 
 
 def _wait_for_ctrl_c() -> None:
-    async def wait() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+    """Block until Ctrl-C or SIGTERM; both raise KeyboardInterrupt, which the callers suppress
+    outside their `with`, so whatever they run is stopped first.
 
-    # Ctrl-C is how these commands are meant to stop, even before the handlers are in place.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(wait())
+    Short sleeps rather than an event loop's signal handlers: a signal is acted on within
+    half a second whenever it comes, with no window between handlers being swapped (an
+    earlier asyncio version now and then missed a Ctrl-C sent right at start-up)."""
+    # SIGINT explicitly too: a shell script's background job inherits it ignored, and
+    # `kill -INT` from that script must still stop the broker.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _raise_interrupt)
+    while True:
+        time.sleep(0.5)
 
 
 def run_broker_only(port: int) -> int:

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -260,6 +260,12 @@ class Lane:
                 del self.buffers[tp]
                 if tp in self.consumer.assignment():
                     self.consumer.resume(tp)
+
+    def state(self) -> dict[str, Any]:
+        """What the lane holds, for a burst that does not end (`drain_waiting`)."""
+        return {"assigned": self.assigned, "taken": self.taken,
+                "buffered": sum(len(b) for b in self.buffers.values()),
+                "idle_s": round(time.monotonic() - self.last_activity, 1)}
 
     def idle_for(self) -> float | None:
         """Seconds this lane has had nothing to do, or None while it is busy or unassigned."""

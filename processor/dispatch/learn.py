@@ -19,11 +19,15 @@ from processor.logs import get_logger
 
 log = get_logger(__name__)
 
-__all__ = ["LEARN_SKEW_MS", "LEARN_TAIL_S", "read_attempts"]
+__all__ = ["LEARN_MAX_S", "LEARN_SKEW_MS", "LEARN_TAIL_S", "read_attempts"]
 
 # Results of a record are written after it was produced; this covers clock skew between hosts.
 LEARN_SKEW_MS = 60_000
 LEARN_TAIL_S = 0.1
+# Learning only saves repeats, and the lane waits for it: a partition whose position never
+# reaches the end taken at the start (a broker reporting an end it cannot serve) must not
+# hold the lane for good. Past this, what was read so far is what is known.
+LEARN_MAX_S = 15.0
 
 
 async def read_attempts(
@@ -43,7 +47,12 @@ async def read_attempts(
     for tp in reading:
         reader.seek(tp, starts[tp].offset)
     learned, reached_at = 0, None
+    cut_at = time.monotonic() + LEARN_MAX_S
     while reading and (reached_at is None or time.monotonic() - reached_at < LEARN_TAIL_S):
+        if time.monotonic() > cut_at:
+            behind = {f"{tp.partition}": end - await reader.position(tp) for tp, end in reading.items()}
+            log.warning("attempts_learning_cut_short", after_s=LEARN_MAX_S, records_behind=behind)
+            break
         batch = await reader.getmany(timeout_ms=100, max_records=5000)
         for recs in batch.values():
             for record in recs:

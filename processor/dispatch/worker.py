@@ -80,6 +80,9 @@ log = get_logger(__name__)
 
 __all__ = ["Dispatcher", "DispatcherError", "DispatcherOptions", "run_dispatcher"]
 
+# How often burst mode (`--drain`) says what it still waits for, when it does not end.
+DRAIN_TELL_S = 10.0
+
 
 class DispatcherError(FlowhookError):
     """The dispatcher cannot reach Kafka, or stopped because an outcome could not be written
@@ -349,12 +352,17 @@ async def _commit_loop(lanes: list[Lane], interval_s: float) -> None:
 
 async def _drain_watch(core: Dispatcher, lanes: list[Lane], idle_s: float) -> None:
     """Burst mode: stop once every lane has been idle for `idle_s` and no retry is outstanding."""
+    told_at = time.monotonic()
     while not core.stop_event.is_set():
         await asyncio.sleep(min(0.1, idle_s / 4))
         idle = [lane.idle_for() for lane in lanes]
         if not core.outstanding_retries and all(i is not None and i >= idle_s for i in idle):
             log.info("drained", idle_s=idle_s)
             core.stop_event.set()
+        elif time.monotonic() - told_at >= DRAIN_TELL_S:  # a burst that does not end says why
+            told_at = time.monotonic()
+            log.info("drain_waiting", retries_outstanding=len(core.outstanding_retries),
+                     lanes={lane.name: lane.state() for lane in lanes})
 
 
 async def _run_lanes(core: Dispatcher, lanes: list[Lane], stop: asyncio.Event | None) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from processor import __version__, records
-from processor.basics import MASK, mask_tags
-from processor.clock import iso, now_ms, parse_iso_ms
+from processor.basics import MASK, mask_tags, profile_key
+from processor.clock import iso, now_ms
 from processor.constants import (
     HEADER_WEBHOOK_ID,
     HEADER_WEBHOOK_SIGNATURE,
@@ -107,16 +107,13 @@ def _field_of(message: str) -> PathKey:
 
 
 def merged_profile(profile: Mapping[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored profile as the engine would see it: the profile file, updated by the event's profile."""
+    """The stored profile as the engine would see it: the profile file, updated by the event's
+    profile (the engine's own merge), with the engine's profile key as `id` when it has none."""
     stored: dict[str, Any] = json.loads(json.dumps(profile or {}))
-    carried = event.get("profile") or {}
-    for key, value in carried.items():
-        if key == "properties" and isinstance(value, dict):
-            stored.setdefault("properties", {}).update(value)
-        else:
-            stored[key] = value
-    if "id" not in stored and isinstance(stored.get("email"), str):
-        stored["id"] = stored["email"].lower()
+    core.merge_profile(stored, dict(event.get("profile") or {}))
+    key = profile_key(stored)
+    if "id" not in stored and key is not None:
+        stored["id"] = key
     return stored
 
 
@@ -131,7 +128,7 @@ def preview(flow: Flow, event: Mapping[str, Any], profile: Mapping[str, Any] | N
     """Run `flow` through the engine's core for `event` and `profile` and describe what it did."""
     out = Preview()
     stored = merged_profile(profile, event)
-    start = _event_ms(event)
+    start = core.event_time_ms(dict(event), now_ms())
     out.say(f"flow {flow.id} (version {flow.version}, {flow.status}): {flow.name}")
     out.say(f"trigger: {describe_trigger(flow.trigger)}")
     _status_note(out, flow)
@@ -158,7 +155,8 @@ def engine_run(flow: Flow, event: Mapping[str, Any], stored: Mapping[str, Any],
     """
     live = flow if flow.status != "draft" else replace(flow, status="live")
     flows = FlowSet([live])
-    state = ProfileState(str(stored.get("id", "")))
+    # The engine keys a profile by the event's own profile fields (`inputs.decode`).
+    state = ProfileState(profile_key(dict(event.get("profile") or {})) or str(stored.get("id", "")))
     core.merge_profile(state.profile, dict(stored))
     record = dict(event)
     trace: Trace = []
@@ -180,13 +178,6 @@ def engine_run(flow: Flow, event: Mapping[str, Any], stored: Mapping[str, Any],
         trace += [t for t in later if t.run_id == run_id]
         dues += [o.value for o in outcome.outputs if o.kind == "webhook" and o.value["run_id"] == run_id]
     return trace, dues
-
-
-def _event_ms(event: Mapping[str, Any]) -> int:
-    try:
-        return parse_iso_ms(str(event.get("time")))
-    except ValueError:
-        return now_ms()
 
 
 def _status_note(out: Preview, flow: Flow) -> None:

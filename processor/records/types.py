@@ -1,8 +1,9 @@
 """One msgspec Struct per record on every Flowhook topic: the single definition of each shape.
 
 The JSON Schemas in `schemas/` are generated from these types (`processor.records.schemas`),
-and the encoders and decoders in `processor.records.codec` use them, so a field is added,
-renamed or constrained here and nowhere else.
+and the encoder (`processor.records.encode`) and decoders (`processor.records.due`, the
+engine's input and state) use them, so a field is added, renamed or constrained here and
+nowhere else.
 
 Wire format rules (SPEC.md, docs/results.md), kept exactly:
 - a field with a plain default (`= None`) is always written, as null when unset;

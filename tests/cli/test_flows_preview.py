@@ -174,3 +174,18 @@ def test_every_example_previews(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
             assert request.error is None
             if request.body is not None:
                 json.loads(request.body)
+
+
+def test_preview_shows_the_engine_exiting_a_run_after_a_delay(tmp_path: Path) -> None:
+    """A history filter that holds at entry but not two days later: the engine's run exits
+    before the webhook, and preview says so, with the time the run moved on."""
+    recent = {"metric": "Placed Order", "op": "count_gte", "value": 1, "within": "1d"}
+    flow = write(tmp_path, "flow.json", {"id": "f", "status": "live", "trigger": {"metric": "Placed Order"},
+                                         "profile_filters": [recent],
+                                         "steps": [{"delay": "2d"}, {"webhook": {"id": "w", "url": "https://e.com/w"}}]})
+    result = run_preview(tmp_path, flow)
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "✓ enters the flow" in out and "(the run moves on at 2026-11-29T10:00:00.000Z)" in out
+    assert "✗ the run exits before webhook w: profile filter" in out
+    assert "POST" not in out and "end of flow: 0 webhook requests" in out

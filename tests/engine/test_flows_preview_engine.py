@@ -130,7 +130,7 @@ def test_preview_shows_the_engines_webhooks_for_every_flow(flow: Flow) -> None:
         assert f"webhook-id: {due['delivery_id']}" in text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flow=st.sampled_from(FLOWS),
        offset_min=st.integers(min_value=0, max_value=7 * 24 * 60),
        value=st.one_of(st.integers(min_value=0, max_value=300), st.floats(0, 300, allow_nan=False)),
