@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, TopicAlreadyExistsError
 
@@ -230,6 +230,22 @@ async def read_records(
                     yield record
             if end.reached(bool(batch)):
                 return
+    finally:
+        await reader.stop()
+
+
+async def first_offset_at(settings: Settings, tp: TopicPartition, offset: int,
+                          wait_ms: int = 2_000) -> int | None:
+    """The first offset at or after `offset` of `tp` that holds a record, read by a consumer
+    of its own (no group); None when none came within `wait_ms`."""
+    reader = make_reader(settings)
+    await reader.start()
+    try:
+        reader.assign([tp])
+        reader.seek(tp, offset)
+        batch = await reader.getmany(tp, timeout_ms=wait_ms, max_records=1)
+        records = batch.get(tp, [])
+        return records[0].offset if records else None
     finally:
         await reader.stop()
 

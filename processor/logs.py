@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import structlog
@@ -91,7 +91,7 @@ def _route_stdlib(renderer: list[Any], numeric: int) -> None:
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *_shared()],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *renderer],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _LineHandler(sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -99,6 +99,23 @@ def _route_stdlib(renderer: list[Any], numeric: int) -> None:
     root.addHandler(handler)
     root.setLevel(numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING))
     logging.captureWarnings(True)
+
+
+class _LineHandler(logging.StreamHandler):
+    """Writes each record through a structlog PrintLogger on the same file, so it takes the
+    same write lock as our own events: a library line from Faust's consumer thread and one
+    of ours written at the same moment stay two lines (with two locks they were seen run
+    together as one line)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._printer = structlog.PrintLogger(stream)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._printer.msg(self.format(record))
+        except Exception:  # what StreamHandler does: report it, never raise from logging
+            self.handleError(record)
 
 
 def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

@@ -15,7 +15,6 @@ import pytest
 
 from processor.devtools.stack import WorkerProcess
 from processor.settings import Settings
-from tests.conftest import test_broker_choice
 from tests.dispatch_helpers import ScriptedReceiver, read_values, slow
 from tests.engine_helpers import definition, event, event_bytes, processor_worker, produce, publish_flows
 
@@ -36,10 +35,13 @@ async def _send_steadily(settings: Settings, first: int, count: int) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _until(predicate: object, timeout_s: float, workers: list[WorkerProcess]) -> None:
+async def _until(predicate: object, timeout_s: float, workers: list[WorkerProcess], *,
+                 required: bool = True) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "\n---\n".join(w.tail(15) for w in workers)
+        if time.monotonic() >= deadline:
+            assert not required, "\n---\n".join(w.tail(15) for w in workers)
+            return  # the caller counts what is missing
         await asyncio.sleep(0.1)
 
 
@@ -67,7 +69,7 @@ async def _run(settings: Settings, tmp_path: Path, total: int, *, kill_dispatche
             victim.start()
         await sender
         ids = lambda: {h.headers["webhook-id"] for h in receiver.hits}  # noqa: E731
-        await _until(lambda: len(ids()) >= total + 1, 120, workers)
+        await _until(lambda: len(ids()) >= total + 1, 120, workers, required=False)
         await asyncio.sleep(3.0)  # repeats, if any, come in now
     finally:
         for worker in workers:
@@ -77,11 +79,6 @@ async def _run(settings: Settings, tmp_path: Path, total: int, *, kill_dispatche
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(
-    test_broker_choice() != "embedded", strict=False,
-    reason="known issue, open: on Apache Kafka the Faust consumer commits some input records "
-    "unprocessed after a rebalance (docs/reliability.md)",
-)
 async def test_kill_9_of_a_processor_and_a_dispatcher_repeats_at_most_one_percent(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -90,8 +87,9 @@ async def test_kill_9_of_a_processor_and_a_dispatcher_repeats_at_most_one_percen
     total = 3_000
     counts = await _run(settings, tmp_path, total, kill_dispatcher=True)
     repeated = sum(1 for n in counts.values() if n > 1)
-    print(f"crash test: {len(counts)} webhook-ids, {repeated} sent more than once")
-    assert len(counts) == total + 1
+    lost = total + 1 - len(counts)
+    print(f"crash test: {len(counts)} webhook-ids, {lost} lost, {repeated} sent more than once")
+    assert lost == 0, f"{lost} of {total + 1} deliveries lost"
     assert repeated <= total // 100, repeated
     results = await read_values(settings, settings.topics.results)
     final = {r["delivery_id"]: r["outcome"] for r in results if r["type"] == "delivery"}

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.types import TP
 
 from processor import records
@@ -38,10 +38,17 @@ from processor.engine.status import WorkerStatus
 from processor.engine.wakeups import DUE_TICK_S, WakeUps
 from processor.errors import FlowhookError
 from processor.flows.model import Flow
-from processor.kafka import ensure_topics, idempotent, make_producer, send_with_retries, wait_for_broker
+from processor.kafka import (
+    ensure_topics,
+    first_offset_at,
+    idempotent,
+    make_producer,
+    send_with_retries,
+    wait_for_broker,
+)
 from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
-from processor.ops.lag import LagWatch
+from processor.ops.lag import LagSource, LagWatch
 from processor.ops.metrics import WorkerMetrics
 from processor.outage import BrokerWatch
 from processor.records import invalid_copy
@@ -79,6 +86,8 @@ class Engine:
         self.table = make_table(self.app, settings, self._catch_up, self._recovered)
         self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock)
         self._kinds = self._input_kinds()
+        # No input record is committed unprocessed (see faust_compat.install_input_guards).
+        faust_compat.install_input_guards(self.app, self._kinds, self._first_offset_at)
         self.placement = Placement(settings.partitions, {
             self.topics.events: self.topics.events_repartition,
             self.topics.profiles: self.topics.profiles_repartition,
@@ -150,6 +159,10 @@ class Engine:
         self.status.ready = False
         self.status.owned = set()
         self.wakeups.drop(revoked)
+        faust_compat.forget_processed(self.app, revoked)
+
+    async def _first_offset_at(self, tp: TP, offset: int) -> int | None:
+        return await first_offset_at(self.settings, TopicPartition(tp.topic, tp.partition), offset)
 
     def on_flow_change(self, flow: Flow | None) -> None:
         self.wakeups.on_flow_change(flow, self.table, self.status.ready)
@@ -206,9 +219,10 @@ class Engine:
     async def lookup_profile(self, profile_id: str) -> tuple[int, dict[str, Any]]:
         return lookup(self, profile_id)
 
-    def _lag_sources(self) -> list[tuple[AIOKafkaConsumer, Iterable[str] | None]]:
-        consumer = faust_compat.aiokafka_consumer(self.app)
-        return [] if consumer is None else [(consumer, self._kinds)]
+    def _lag_sources(self) -> list[tuple[LagSource, Iterable[str] | None]]:
+        # Faust's consumer, not the aiokafka one inside it: that one runs on Faust's
+        # consumer thread, and Faust's `position` asks it there.
+        return [(self.app.consumer, self._kinds)]
 
     def _endpoint(self) -> Endpoint:
         return Endpoint(self.metrics, self.readiness, healthy=self.healthy,

@@ -89,6 +89,7 @@ class BatchPath:
             else:
                 self.due.set(profile_id, due[0], partition, due[1])
         self.processed += result.handled
+        faust_compat.mark_processed(self.app, events)  # what the input commits go by
         self.batches += 1
         self._count(result.events, result.runs, result.webhooks)
 

@@ -15,17 +15,22 @@ Checked against: faust-streaming 0.15.3, mode-streaming 0.7.1, aiokafka 0.14.0.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from importlib import metadata
 from typing import Any, Final
 
 import faust
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import IllegalStateError
 from faust.streams import _current_event  # private: see set_current_event
+from faust.transport.consumer import Consumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.types import TP
 
+from processor.engine.offsets import Progress, StallWatch
 from processor.errors import ConfigError
 from processor.logs import get_logger
 
@@ -181,3 +186,226 @@ def fetch_wait_ms(app: faust.App) -> int | None:
     fetcher = getattr(aiokafka_consumer(app), "_fetcher", None)
     wait: int | None = getattr(fetcher, "_fetch_max_wait_ms", None)
     return wait
+
+
+# --- Faust: input offsets are committed only as far as the engine processed them ----------
+#
+# Faust's fetch and commit path lets records of an input partition be committed without
+# being processed. Seen on Apache Kafka in the crash test (tests/test_crash_repeats.py: 8 to
+# 252 of 3,001 events never processed in about one run in five) and read in the code:
+#
+# 1. Seeking back to a partition without a commit. In a rebalance Faust drops the records it
+#    buffered (`app.flow_control.clear()`) and seeks every partition back to its committed
+#    offset (`Consumer.perform_seek` -> the thread's `seek_to_committed`); aiokafka's
+#    `seek_to_committed` moves only partitions whose commit is above 0, so a partition with
+#    none stayed past the dropped records.
+# 2. Offsets passed over taken for offsets holding no record. When a record's offset jumps
+#    past the last one read, Faust counts the offsets between as acknowledged
+#    (`Consumer._add_gap`: meant for compaction and transaction markers). A record can be
+#    passed over in a rebalance: records already taken from aiokafka are dropped when
+#    Faust's `getmany` stops early (flow stopped, generation changed); a seek runs while
+#    the fetch loop still hands on records from before it, and the last offset read it then
+#    sets makes the records read again look old (dropped as "DROPPED MESSAGE").
+# 3. Records dropped after they were read. A stream drops an event of an older generation,
+#    or one it takes while the flow is stopped, without handing it on (`skipped_value` in
+#    faust/_cython/streams.pyx `_prepare_event`; the pure-Python twin even acknowledges
+#    it); `Consumer._new_offset` lets the first acknowledged offset be one past the
+#    committed one, passing a missing first one.
+#
+# So for the input topics Faust's acknowledgements are not used at all. The batch path
+# reports what it processed (`mark_processed`, records of the current generation only);
+# `Consumer._new_offset` commits the unbroken run of those from the committed offset
+# (`offsets.Progress`); a partition stuck below a missing head is sought back to it, and if
+# the head is still missing after that, an independent read (`first_offset_at`) checks
+# whether it holds a record at all (`offsets.StallWatch`). Partitions without a commit go
+# back to their beginning. Other topics keep Faust's own bookkeeping.
+#
+# Checked: faust-streaming 0.15.3 (faust/transport/consumer.py `Consumer.perform_seek`,
+# `_add_gap`, `_new_offset`, `_acked`, `_acked_index`, `_committed_offset`, `_read_offset`,
+# `_unacked_messages`, `seek`; faust/_cython/streams.pyx; faust/transport/drivers/
+# aiokafka.py `AIOKafkaConsumerThread.seek_to_committed`, `_ensure_consumer`, `call_thread`;
+# `Message.generation_id`, `App.consumer_generation_id`) and aiokafka 0.14.0
+# (`AIOKafkaConsumer.seek_to_committed`). Pinned by tests/engine/test_engine_offsets.py.
+
+FirstOffsetAt = Callable[[TP, int], Awaitable[int | None]]
+
+
+class InputGuard:
+    """One app's input topics, what its batch path processed, and its stalled partitions."""
+
+    def __init__(self, topics: Collection[str], first_offset_at: FirstOffsetAt) -> None:
+        self.topics = frozenset(topics)
+        self.first_offset_at = first_offset_at
+        self.progress = Progress()
+        self.stalls = StallWatch()
+        self.tasks: set[asyncio.Future[None]] = set()  # kept until done (the loop holds tasks weakly)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+_guards: weakref.WeakKeyDictionary[Any, InputGuard] = weakref.WeakKeyDictionary()
+_installed = False
+
+
+def install_input_guards(app: faust.App, input_topics: Collection[str],
+                         first_offset_at: FirstOffsetAt) -> InputGuard:
+    """Commit `app`'s input partitions only as far as `mark_processed` was told, as above.
+    `first_offset_at(tp, offset)` reads the partition on its own (no group): the first
+    offset at or after `offset` that holds a record, None when there is none yet."""
+    global _installed
+    guard = _guards[app] = InputGuard(input_topics, first_offset_at)
+    if not _installed:  # the patches are on Faust's classes, once per process
+        _patch_seek()
+        _patch_gaps()
+        _patch_commits()
+        _installed = True
+    return guard
+
+
+def mark_processed(app: faust.App, events: Iterable[Any]) -> None:
+    """The batch path handled these Faust events (outputs queued, state written). Events of
+    an older generation are left out: their partition was sought back since, and a
+    partition revoked and assigned again must not count work done before."""
+    guard = _guards.get(app)
+    if guard is None:
+        return
+    generation = app.consumer_generation_id
+    by_tp: dict[TP, list[int]] = {}
+    for event in events:
+        message = event.message
+        if message.generation_id == generation and message.topic in guard.topics:
+            by_tp.setdefault(message.tp, []).append(message.offset)
+    for tp, offsets in by_tp.items():
+        guard.progress.processed(tp, offsets)
+
+
+def forget_processed(app: faust.App, revoked: Iterable[TP]) -> None:
+    """The partitions were revoked (Faust has committed what it could meanwhile)."""
+    guard = _guards.get(app)
+    if guard is not None:
+        guard.progress.forget(revoked)
+
+
+async def seek_to_committed_or_beginning(
+    consumer: AIOKafkaConsumer, rewind_topics: Collection[str]
+) -> Mapping[TopicPartition, int | None]:
+    """Seek every assigned partition to its committed offset; partitions of `rewind_topics`
+    without one (None or 0) go to their beginning. Returns the committed offsets, with the
+    beginning in place of a missing one (nothing before it can be read)."""
+    committed: dict[TopicPartition, int | None] = dict(await consumer.seek_to_committed())
+    uncommitted = [tp for tp, offset in committed.items() if tp.topic in rewind_topics and not offset]
+    if uncommitted:
+        await consumer.seek_to_beginning(*uncommitted)
+        committed.update(await consumer.beginning_offsets(uncommitted))
+    return committed
+
+
+def _patch_seek() -> None:
+    perform_seek = Consumer.perform_seek
+    seek_to_committed = AIOKafkaConsumerThread.seek_to_committed
+
+    async def _seek_to_committed(self: Any) -> Mapping[TopicPartition, int | None]:
+        guard = _guards.get(self.app)
+        if guard is None:
+            result: Mapping[TopicPartition, int | None] = await seek_to_committed(self)
+            return result
+        consumer = self._ensure_consumer()
+        result = await self.call_thread(seek_to_committed_or_beginning, consumer, guard.topics)
+        return result
+
+    async def _perform_seek(self: Any) -> None:
+        await perform_seek(self)
+        guard = _guards.get(self.app)
+        if guard is None:
+            return
+        read_offset = self._read_offset
+        for tp, offset in list(read_offset.items()):
+            if tp.topic in guard.topics:
+                self._acked.setdefault(tp, [])  # so that every commit looks at the partition
+                guard.progress.forget([tp])  # all from the committed offset on is read again
+                # Faust records the committed offset as the last one read, though it is the
+                # next one to read: the record there would be taken for an old one.
+                read_offset[tp] = -1 if offset is None else offset - 1
+
+    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
+    Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+
+
+def _patch_gaps() -> None:
+    add_gap = Consumer._add_gap  # noqa: SLF001
+
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        guard = _guards.get(self.app)
+        if guard is None or tp.topic not in guard.topics:
+            await add_gap(self, tp, offset_from, offset_to)
+        else:  # passed over, not missing: the commit stops there until it is processed
+            log.info("input_offsets_passed_over", topic=tp.topic, partition=tp.partition,
+                     offset=offset_from, records=offset_to - offset_from)
+
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _patch_commits() -> None:
+    new_offset = Consumer._new_offset  # noqa: SLF001
+
+    def _new_offset(self: Any, tp: Any) -> int | None:
+        guard = _guards.get(self.app)
+        if guard is None or tp.topic not in guard.topics:
+            result: int | None = new_offset(self, tp)
+            return result
+        self._acked[tp].clear()  # Faust's acknowledgements are not what counts here
+        self._acked_index[tp].clear()
+        base = self._committed_offset[tp] or 0
+        commit = guard.progress.commit_point(tp, base)
+        if commit is not None:
+            guard.stalls.moved(tp)
+        else:
+            _watch_head(self, guard, tp, base)
+        return commit
+
+    Consumer._new_offset = _new_offset  # type: ignore[method-assign]  # noqa: SLF001
+
+
+def _watch_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
+    """The head of `tp` is not processed: read it again if it was passed over or read and
+    dropped, with nothing of the partition still on its way through the streams."""
+    passed = guard.progress.ahead(tp, head)
+    read = consumer._read_offset.get(tp)  # noqa: SLF001
+    if not (passed or (read is not None and read >= head)) or _in_flight(consumer, tp):
+        guard.stalls.moved(tp)  # idle (the common case, checked first), or still on its way
+        return
+    action = guard.stalls.missing(tp, head, passed=passed)
+    if action == "fetch":
+        guard.spawn(_fetch_again(consumer, tp, head))
+    elif action == "check":
+        guard.spawn(_check_head(consumer, guard, tp, head))
+
+
+def _in_flight(consumer: Any, tp: Any) -> bool:
+    """A record of `tp` is in a stream or a batch, not yet done."""
+    return any(message.tp == tp for message in consumer._unacked_messages)  # noqa: SLF001
+
+
+async def _fetch_again(consumer: Any, tp: Any, head: int) -> None:
+    """Seek `tp` back to its missing head; the last offset read goes just before it, so that
+    the record there is not taken for one already read."""
+    log.warning("input_read_again", topic=tp.topic, partition=tp.partition, offset=head)
+    try:
+        await consumer.seek(tp, head)
+    except IllegalStateError:
+        return  # revoked meanwhile: its next owner starts from the committed offset
+    consumer._read_offset[tp] = head - 1  # noqa: SLF001
+
+
+async def _check_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
+    """The head stayed missing after reading it again: does it hold a record at all?"""
+    first = await guard.first_offset_at(tp, head)
+    if first is not None and first > head:
+        log.warning("input_offsets_hold_no_record", topic=tp.topic, partition=tp.partition,
+                    offset=head, records=first - head)
+        guard.progress.no_record(tp, head, first)
+    else:
+        await _fetch_again(consumer, tp, head)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -24,14 +24,28 @@ from processor.settings import Settings
 
 log = get_logger(__name__)
 
-__all__ = ["GroupLag", "LagWatch", "group_lags", "live_lag"]
+__all__ = ["GroupLag", "LagSource", "LagWatch", "group_lags", "live_lag"]
 
 REFRESH_S: Final = 1.0
 
 Lags = dict[tuple[str, str], float]  # (topic, partition) -> records behind
 
 
-async def live_lag(consumer: AIOKafkaConsumer, topics: Iterable[str] | None = None) -> Lags:
+class LagSource(Protocol):
+    """A consumer whose lag can be read from the caller's event loop: an aiokafka consumer
+    running on that loop, or Faust's consumer (its `position` runs on the thread that owns
+    the aiokafka consumer inside; awaiting that one's `position` from here would drive it
+    from the wrong loop)."""
+
+    def assignment(self) -> Any: ...
+    def highwater(self, tp: Any) -> int | None: ...
+    async def position(self, tp: Any) -> int | None: ...
+
+
+Sources = Callable[[], list[tuple[LagSource, Iterable[str] | None]]]
+
+
+async def live_lag(consumer: LagSource, topics: Iterable[str] | None = None) -> Lags:
     """Lag of each partition assigned to `consumer` (optionally only of `topics`)."""
     wanted = None if topics is None else set(topics)
     lags: Lags = {}
@@ -42,6 +56,8 @@ async def live_lag(consumer: AIOKafkaConsumer, topics: Iterable[str] | None = No
         if end is None:  # nothing fetched from it yet
             continue
         position = await consumer.position(tp)
+        if position is None:
+            continue
         lags[(tp.topic, str(tp.partition))] = float(max(0, end - position))
     return lags
 
@@ -49,7 +65,7 @@ async def live_lag(consumer: AIOKafkaConsumer, topics: Iterable[str] | None = No
 class LagWatch:
     """Refreshes the lag of some consumers in the background; `samples()` for the scrape."""
 
-    def __init__(self, sources: Callable[[], list[tuple[AIOKafkaConsumer, Iterable[str] | None]]]) -> None:
+    def __init__(self, sources: Sources) -> None:
         self._sources = sources
         self.lags: Lags = {}
         self._task: asyncio.Task[None] | None = None

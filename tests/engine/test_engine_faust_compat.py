@@ -29,6 +29,8 @@ from structlog.testing import capture_logs
 from processor.engine import faust_compat
 from processor.engine.app import FETCH_MAX_WAIT_MS, Engine
 from processor.engine.faust_app import make_app
+from processor.engine.placement import home_partition
+from processor.ops.lag import live_lag
 from processor.settings import Settings
 from tests.engine_helpers import InProcessEngine, event, event_bytes, produce, publish_flows
 
@@ -230,3 +232,56 @@ def _committed_events(worker: Engine) -> int:
     offsets = faust_compat.committed_offsets(worker.app)
     return sum(offsets.get(TP(worker.topics.events, p)) or 0 for p in range(worker.partitions))
 
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_lag_watch_reads_positions_through_fausts_consumer(worker: Engine) -> None:
+    """Faust's consumer answers the lag watch from this loop (its `position` runs on the
+    consumer's own thread): a lag for each input partition read from, none negative."""
+    await produce(worker.settings, worker.topics.events, [event_bytes(event(f"lag{n}", pid=f"lag{n}"))
+                                                          for n in range(4)])
+    lags: dict[tuple[str, str], float] = {}
+
+    async def read() -> bool:
+        lags.update(await live_lag(worker.app.consumer, [worker.topics.events]))
+        return len(lags) == worker.partitions
+
+    deadline = time.monotonic() + 20
+    while not await read():
+        assert time.monotonic() < deadline, lags
+        await asyncio.sleep(0.2)
+    assert all(lag >= 0 for lag in lags.values())
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_record_faust_drops_after_reading_is_read_again_not_committed_over(worker: Engine) -> None:
+    """The fetch loop drops a record whose offset is below its last offset read, as after a
+    seek raced by records fetched before it. Faust alone would commit past the dropped
+    record once the next one is acknowledged (the first acknowledged offset may be one past
+    the committed one); the guard holds the commit there, reads the record again and then
+    commits all three."""
+    tp = TP(worker.topics.events, 0)
+    pid = next(f"drop{n}" for n in range(1000) if home_partition(f"drop{n}", worker.partitions) == 0)
+    handled: list[tuple[int, bytes]] = []
+    on_batch = worker.batch_path.on_batch
+
+    async def recording(events: list[Any]) -> None:
+        handled.extend((e.message.offset, e.message.value) for e in events if e.message.tp == tp)
+        await on_batch(events)
+
+    def committed() -> int:
+        return faust_compat.committed_offsets(worker.app).get(tp) or 0
+
+    worker.batch_path.on_batch = recording  # type: ignore[method-assign]
+    try:
+        await produce(worker.settings, tp.topic, [event_bytes(event("drop-first", pid=pid))])
+        await _until(lambda: any(b'"drop-first"' in value for _, value in handled), "never handled")
+        head = next(offset for offset, value in handled if b'"drop-first"' in value) + 1
+        await _until(lambda: committed() >= head, "drop-first never committed")
+        handled.clear()
+        worker.app.consumer._read_offset[tp] = head + 1  # as a seek raced by the fetch loop leaves it
+        await produce(worker.settings, tp.topic, [event_bytes(event(f"drop{n}", pid=pid)) for n in range(3)])
+        await _until(lambda: committed() >= head + 3, "the three records were never committed", timeout_s=20)
+    finally:
+        worker.batch_path.on_batch = on_batch  # type: ignore[method-assign]
+    assert head in {offset for offset, _ in handled}  # read again after the drop, before it was committed

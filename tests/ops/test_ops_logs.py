@@ -128,3 +128,27 @@ def test_a_taken_metrics_port_is_one_json_line_in_json_mode(settings: Settings) 
     [line] = _parse_lines(done.stderr)[-1:]
     assert line["event"] == "command_failed"
     assert line["error"] == f"FLOWHOOK_METRICS_PORT: 127.0.0.1:{port} is already in use"
+
+
+THREADS_SCRIPT = textwrap.dedent("""
+    import logging, sys, threading
+    from processor.logs import configure, get_logger
+    configure("json", "info")
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    def theirs():
+        for n in range(3000):
+            logging.getLogger("aiokafka").warning("fetch %d", n)
+    thread = threading.Thread(target=theirs)
+    thread.start()
+    for n in range(3000):
+        get_logger("t").warning("ours", n=n)
+    thread.join()
+""")
+
+
+def test_lines_from_two_threads_never_run_together() -> None:
+    """A library logging on its own thread (Faust's consumer) while we log: still one JSON
+    object per line, 6,000 of them."""
+    done = subprocess.run([sys.executable, "-c", THREADS_SCRIPT], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert len(_parse_lines(done.stderr)) == 6000
