@@ -125,7 +125,7 @@ def describe(request: ReceivedRequest) -> dict[str, Any]:
 
 def serve_forever(port: int) -> None:
     """Entry point for a receiver in its own process (bench): serve until killed."""
-    import uvloop
+    import uvloop  # optional: a dependency only where it builds (not on Windows)
 
     async def main() -> None:
         runner, _ = await start_receiver(Receiver(), port)
