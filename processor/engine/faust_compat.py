@@ -379,7 +379,7 @@ def _watch_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
         return
     action = guard.stalls.missing(tp, head, passed=passed)
     if action == "fetch":
-        guard.spawn(_fetch_again(consumer, tp, head))
+        guard.spawn(_fetch_again(consumer, tp, head, "passed_over" if passed else "read_not_processed"))
     elif action == "check":
         guard.spawn(_check_head(consumer, guard, tp, head))
 
@@ -389,10 +389,10 @@ def _in_flight(consumer: Any, tp: Any) -> bool:
     return any(message.tp == tp for message in consumer._unacked_messages)  # noqa: SLF001
 
 
-async def _fetch_again(consumer: Any, tp: Any, head: int) -> None:
+async def _fetch_again(consumer: Any, tp: Any, head: int, reason: str) -> None:
     """Seek `tp` back to its missing head; the last offset read goes just before it, so that
     the record there is not taken for one already read."""
-    log.warning("input_read_again", topic=tp.topic, partition=tp.partition, offset=head)
+    log.warning("input_read_again", topic=tp.topic, partition=tp.partition, offset=head, reason=reason)
     try:
         await consumer.seek(tp, head)
     except IllegalStateError:
@@ -402,10 +402,15 @@ async def _fetch_again(consumer: Any, tp: Any, head: int) -> None:
 
 async def _check_head(consumer: Any, guard: InputGuard, tp: Any, head: int) -> None:
     """The head stayed missing after reading it again: does it hold a record at all?"""
-    first = await guard.first_offset_at(tp, head)
+    try:
+        first = await guard.first_offset_at(tp, head)
+    except Exception as exc:  # the brokers away, say: the next stall checks again
+        log.warning("input_head_check_failed", topic=tp.topic, partition=tp.partition, offset=head,
+                    error=repr(exc))
+        return
     if first is not None and first > head:
         log.warning("input_offsets_hold_no_record", topic=tp.topic, partition=tp.partition,
                     offset=head, records=first - head)
         guard.progress.no_record(tp, head, first)
     else:
-        await _fetch_again(consumer, tp, head)
+        await _fetch_again(consumer, tp, head, "still_missing")
