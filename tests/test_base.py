@@ -45,6 +45,22 @@ def test_iso_round_trip() -> None:
     assert iso(ms) == "2026-11-27T10:00:00.000Z"
 
 
+def test_iso_formats_each_second_once_and_agrees_with_datetime() -> None:
+    """The per-second cache of `iso` gives datetime's text for every millisecond, at the
+    edges of its range and outside it (negative, after 2099, floats)."""
+    import random
+
+    from processor.clock import _iso_slow
+
+    rng = random.Random(15)
+    edges = [0, 1, 999, 1000, 1001, 1_764_300_000_000, 1_764_300_000_999, 4_102_444_799_999]
+    outside = [-1, -1500, 4_102_444_800_000, 253_402_300_799_999, 1_764_300_000_000.5]
+    for ms in edges + outside + [rng.randrange(0, 4_102_444_800_000) for _ in range(5_000)]:
+        assert iso(ms) == _iso_slow(ms), ms  # type: ignore[arg-type]
+    assert [iso(1_764_300_000_000 + i) for i in (7, 70, 700)] == [
+        "2025-11-28T03:20:00.007Z", "2025-11-28T03:20:00.070Z", "2025-11-28T03:20:00.700Z"]
+
+
 def test_settings_from_env_and_flags() -> None:
     """Environment sets values, flags override them, bad values name the variable."""
     env = {"FLOWHOOK_PARTITIONS": "3", "FLOWHOOK_ALLOW_NETWORKS": "127.0.0.0/8, ::1/128"}

@@ -84,7 +84,7 @@ class Engine:
         self.registry.refused = self.metrics.refused
         self.app = make_app(settings)
         self.table = make_table(self.app, settings, self._catch_up, self._recovered)
-        self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock)
+        self.wakeups = WakeUps(self.app, self.topics.wakeups, self.flows, clock, self.status.fail)
         self._kinds = self._input_kinds()
         # No input record is committed unprocessed (see faust_compat.install_input_guards).
         faust_compat.install_input_guards(self.app, self._kinds, self._first_offset_at)
@@ -150,7 +150,7 @@ class Engine:
         await changelog_tail.catch_up(self.settings, table, active_tps)
 
     def _recovered(self, table: Any, active_tps: set[TP]) -> None:
-        self.wakeups.rebuild(table)
+        self.wakeups.rebuild(table)  # in the background: ready does not wait for it
         self.status.owned = {tp.partition for tp in active_tps}
         self.status.ready = True
 
@@ -195,7 +195,8 @@ class Engine:
     def readiness(self) -> Readiness:
         """Ready once connected, with partitions assigned and their state recovered."""
         details = {"partitions": sorted(self.owned), "flows": len(self.flows),
-                   "refused_flows": dict(self.registry.refused)}
+                   "refused_flows": dict(self.registry.refused),
+                   "due_index": "rebuilding" if self.wakeups.rebuilding else "complete"}
         if self.failure is not None or self.app.crashed:
             return Readiness(False, "the engine failed", details)
         if not self.ready:
@@ -255,6 +256,7 @@ class Engine:
         await self.registry.start()
         await self.registry.wait_loaded()
         await self.app.start()
+        faust_compat.quiet_sensors(self.app)
         faust_compat.shorten_fetch_wait(self.app, FETCH_MAX_WAIT_MS)
         log.info("processor_started", flows=len(self.flows), group=self.app.conf.id)
         self._lag.start()

@@ -16,6 +16,7 @@ from faust.types import TP
 
 from processor import constants as c
 from processor import topic_plan
+from processor.engine import faust_compat
 from processor.kafka import ssl_context
 from processor.settings import Settings
 from processor.topic_plan import processor_app_id
@@ -31,6 +32,10 @@ ROCKSDB_OPTIONS: Final = {
     "max_write_buffer_number": 2,
     "block_cache_size": 16 * 1024 * 1024,
 }
+
+# Below the 1 MiB a broker takes per batch by default (message.max.bytes), for topics an
+# admin created without Flowhook's max.message.bytes.
+PRODUCER_BATCH_BYTES: Final = 256 * 1024
 
 CatchUp = Callable[[faust.Table, set[TP]], Awaitable[None]]
 Recovered = Callable[[faust.Table, set[TP]], None]
@@ -108,6 +113,10 @@ def make_app(settings: Settings) -> faust.App:
         producer_max_request_size=c.MAX_REQUEST_BYTES,
         # Batch outputs and changelog writes a little: fewer, larger produce requests.
         producer_linger=0.005,
+        # The batch path hands whole record batches to the producer (engine.outbound); with
+        # aiokafka's 16 KiB default a batch of 1,000 events became ~200 producer batches,
+        # each a future, a callback and an entry in the produce request.
+        producer_max_batch_size=PRODUCER_BATCH_BYTES,
         # Commit every second: offsets are the only thing that tells a worker taking over a
         # partition what was done, and a commit made during a rebalance may be refused, so
         # a shorter interval means fewer records read again (and outputs repeated) after one.
@@ -125,4 +134,6 @@ def make_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         loghandlers=[],
+        # The profile table is added before the app starts: no need for Faust's 1 s wait.
+        TableManager=faust_compat.PromptTableManager,
     )

@@ -29,6 +29,7 @@ class Outbound:
         self._partitions: dict[str, list[int]] = {}  # topic -> its partitions, sorted
         self._groups: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = {}
         self._on_failure = on_failure
+        self._hashes: dict[bytes, int] = {}  # key -> murmur2 hash, for the batch being built
 
     async def prepare(self, producer: AIOKafkaProducer, topics: list[str]) -> None:
         """Learn the partitions of the topics records go to by key (waits for metadata)."""
@@ -40,7 +41,10 @@ class Outbound:
         """The partition `producer.send` would choose for `key` (aiokafka's default
         partitioner: murmur2 of the key, as the Java client does)."""
         partitions = self._partitions[topic]
-        return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        hashed = self._hashes.get(key)
+        if hashed is None:  # a run's results share their key (the run id): hash it once
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return partitions[hashed % len(partitions)]
 
     def add(self, topic: str, key: bytes | None, value: bytes, partition: int | None) -> None:
         """Queue a record; `partition` None: by key, on a topic given to `prepare`."""
@@ -53,6 +57,7 @@ class Outbound:
         """Queue every group with the producer (waits only for room, not for acks)."""
         sent = 0
         groups, self._groups = self._groups, {}
+        self._hashes.clear()
         for (topic, partition), items in groups.items():
             sent += await self._send_group(producer, topic, partition, items, on_acked)
         return sent

@@ -119,9 +119,19 @@ class _DueView(Struct, array_like=True, gc=False):
     t: dict[str, msgspec.Raw]  # only the flow ids are needed: the schedules stay undecoded
 
 
+class _DueTime(Struct, array_like=True, gc=False):
+    """The first three fields of `_Stored`: all a due-index rebuild needs while no flow has
+    a date trigger (the profile is then not read: about half the decoding of `_DueView`)."""
+
+    d: tuple[int, str] | None
+    i: str
+    p: int
+
+
 _encoder: Final = msgspec.msgpack.Encoder()
 _decoder: Final = msgspec.msgpack.Decoder(_Stored)
 _due_decoder: Final = msgspec.msgpack.Decoder(_DueView)
+_due_time_decoder: Final = msgspec.msgpack.Decoder(_DueTime)
 
 
 def dumps(state: ProfileState) -> bytes:
@@ -187,6 +197,17 @@ def never_due(data: bytes) -> bool:
     """True when serialised state has nothing that falls due, read without decoding it
     (`dumps` writes the next due time first)."""
     return data.startswith(_NEVER_DUE_PREFIXES)
+
+
+def due_time_of(data: bytes) -> tuple[str, int, int | None, str]:
+    """(profile id, partition, due ms or None, reason) of serialised state: `due_of`
+    without the profile and the date schedules."""
+    if data[:1] == b"{":
+        summary = due_of(data)
+        return summary.profile_id, summary.partition, summary.due_ms, summary.reason
+    view = _due_time_decoder.decode(data)
+    due_ms, reason = view.d or (None, "delay")
+    return view.i, view.p, due_ms, reason
 
 
 def due_of(data: bytes) -> DueSummary:

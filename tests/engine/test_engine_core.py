@@ -368,8 +368,9 @@ def test_unknown_pinned_version_is_replaced_only_by_one_of_the_same_shape() -> N
 
 
 def test_never_due_reads_serialised_state_without_decoding_it() -> None:
-    """The restart path skips profiles with nothing due by the first bytes of their state."""
-    from processor.engine.state import DateSchedule, ProfileState, Run, due_of, never_due
+    """The restart path skips profiles with nothing due by the first bytes of their state,
+    and reads only the due time of the others while no flow has a date trigger."""
+    from processor.engine.state import DateSchedule, ProfileState, Run, due_of, due_time_of, never_due
 
     idle = ProfileState("p1", profile={"email": "a@example.com"}, seen=["e1"])
     waiting = ProfileState("p2", runs={"r": Run("r", "f", 1, 0, {"id": "e"}, T0, wake_ms=T0 + HOUR)})
@@ -378,7 +379,11 @@ def test_never_due_reads_serialised_state_without_decoding_it() -> None:
         raw = dumps(state)
         assert never_due(raw) == (due_of(raw).due_ms is None)
         assert loads(raw) == state
+        summary = due_of(raw)  # the rebuild's short read agrees with the full summary
+        assert due_time_of(raw) == (summary.profile_id, summary.partition, summary.due_ms, summary.reason)
     assert never_due(dumps(idle))
+    assert due_time_of(orjson.dumps({"d": [T0, "delay"], "i": "p4", "p": 2, "f": {}, "t": {}})) == (
+        "p4", 2, T0, "delay")  # state written as JSON by earlier versions
 
 
 def test_state_written_as_json_by_earlier_versions_is_still_read() -> None:

@@ -151,6 +151,23 @@ def test_no_private_reach_outside_the_adapter() -> None:
     assert found == []
 
 
+def test_the_table_manager_start_we_replace_is_fausts_with_a_sleep() -> None:
+    """Faust's `TableManager.on_start` is a 1 s sleep, then exactly what
+    `PromptTableManager.on_start` does; the app is built with the prompt one."""
+    from faust.tables import TableManager
+
+    def body(function: Any) -> list[str]:
+        lines = inspect.getsource(function).splitlines()[1:]
+        return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()
+                and not line.strip().startswith('"""')]
+
+    fausts = body(TableManager.on_start)
+    assert fausts[0] == "await self.sleep(1.0)"
+    assert fausts[1:] == body(faust_compat.PromptTableManager.on_start)
+    settings = Settings(brokers="127.0.0.1:1", topic_prefix="t.", data_dir=Path("/nonexistent"))
+    assert make_app(settings).conf.TableManager is faust_compat.PromptTableManager
+
+
 # --- one running worker ------------------------------------------------------------------
 
 
@@ -232,6 +249,19 @@ def _committed_events(worker: Engine) -> int:
     offsets = faust_compat.committed_offsets(worker.app)
     return sum(offsets.get(TP(worker.topics.events, p)) or 0 for p in range(worker.partitions))
 
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_monitor_is_out_of_the_per_record_sensors(worker: Engine) -> None:
+    """Faust adds its Monitor to `app.sensors` when the app starts; after `quiet_sensors` the
+    per-record hooks reach no sensor, while `app.monitor` stays for Faust's direct calls."""
+    assert worker.app.monitor is not None
+    assert worker.app.monitor not in set(worker.app.sensors)
+    before = worker.app.monitor.messages_received_total
+    processed = worker.processed
+    await produce(worker.settings, worker.topics.events, [event_bytes(event("s1"))])
+    await _until(lambda: worker.processed > processed, "the event was never processed")
+    assert worker.app.monitor.messages_received_total == before
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from processor.kafka import read_records
@@ -63,7 +64,7 @@ async def test_restart_after_a_delay_fell_due_sends_at_once_and_keeps_state(
         # Replays of the first events and second "once" events must start nothing new.
         again = first + [event(f"o2-{p}", pid=p) for p in profiles]
         await produce(settings, settings.topics.events, [event_bytes(e) for e in again])
-        worker = processor_worker(settings, tmp_path, "w").start()
+        worker = processor_worker(settings.with_(log_format="json"), tmp_path, "w").start()
         dues = await wait_for(
             settings,
             settings.topics.webhooks,
@@ -79,8 +80,18 @@ async def test_restart_after_a_delay_fell_due_sends_at_once_and_keeps_state(
     assert len(_entered(results)) == 16  # no run started twice
     once = [d for d in dues if d["flow_id"] == "once"]
     assert sorted(count_by(_distinct(once), "profile_id")) == profiles  # one delivery id each
+    # The due index was rebuilt from the RocksDB store's own iteration: every profile, no
+    # offset key (engine.faust_compat.stored_values).
+    assert {e["profiles"] for e in _log_events(worker, "due_index_rebuilt")} == {len(profiles)}, worker.tail()
     repeats = len(dues) - len(_distinct(dues))
     print(f"[{store}] webhook-due records repeated inside the at-least-once window: {repeats}")
+
+
+def _log_events(worker: Any, name: str) -> list[dict[str, Any]]:
+    """The worker's structured log events named `name` (its log is JSON lines)."""
+    lines = worker.log_path.read_text(errors="replace").splitlines()
+    events = [orjson.loads(line) for line in lines if line.startswith("{")]
+    return [e for e in events if e.get("event") == name]
 
 
 async def test_restart_recovers_a_changelog_partition_holding_one_batch(
