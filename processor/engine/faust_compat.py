@@ -229,13 +229,13 @@ def stored_values(table: faust.Table) -> Iterator[bytes | None]:
     if actives is None:
         return iter(list(store.data.values()))
     databases = list(actives())
-    return (value for db in databases for value in store._visible_values(db))  # noqa: SLF001
+    return (value for db in databases for value in store._visible_values(db))  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 # --- Faust: the table manager's start -------------------------------------------------------
 
 
-class PromptTableManager(TableManager):  # type: ignore[misc]
+class PromptTableManager(TableManager):
     """Faust's table manager without the second it waits at start.
 
     Why: `TableManager.on_start` sleeps 1.0 s before it registers the tables' changelog
