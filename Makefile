@@ -22,10 +22,15 @@ dev: $(STAMP)
 test: $(STAMP)
 	bash .ci/install-system-packages
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	bash .ci/test-legs
 
+# ruff; the import direction (import-linter, [tool.importlinter]); types (mypy, [tool.mypy]).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/flowhook bench

@@ -37,7 +37,7 @@ def _iso_slow(ms: int) -> str:
 
 _second_prefix: dict[int, str] = {}
 # Below 2100-01-01 the float division in `_iso_slow` still rounds to the exact millisecond
-# (tests/test_dispatch_fastpaths.py checks both paths agree); later times take the slow path.
+# (tests/dispatch/test_dispatch_fastpaths.py checks both paths agree); later times take the slow path.
 _FAST_ISO_BELOW = 4_102_444_800_000
 
 

@@ -26,6 +26,11 @@ class Problem:
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
+def warning_line(warning: Problem) -> str:
+    """A warning as `flows validate` and the console print it (problems print as `str(problem)`)."""
+    return f"{warning.file}:{warning.line or ''}: {warning.field}: warning: {warning.message}"
+
+
 class InputError(FlowhookError):
     """A file or record given by the user cannot be used; carries every problem found."""
 

@@ -101,7 +101,7 @@ def _route_stdlib(renderer: list[Any], numeric: int) -> None:
     logging.captureWarnings(True)
 
 
-class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _LineHandler(logging.StreamHandler):
     """Writes each record through a structlog PrintLogger on the same file, so it takes the
     same write lock as our own events: a library line from Faust's consumer thread and one
     of ours written at the same moment stay two lines (with two locks they were seen run

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from processor.broker import EmbeddedBroker
+from processor.devtools.broker import EmbeddedBroker
 from processor.settings import Settings
 
 # Every test may send to loopback receivers, and only there.
@@ -58,7 +58,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         with EmbeddedBroker(log_file=log_file) as running:
             yield running
         return
-    from processor.kafka_runner import KafkaCluster
+    from processor.devtools.kafka_runner import KafkaCluster
 
     cluster = KafkaCluster(nodes=3 if choice == "kafka3" else 1, data_dir=tmp_path_factory.mktemp("kafka"))
     cluster.start()

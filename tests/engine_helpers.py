@@ -182,7 +182,7 @@ class InProcessEngine:
 
 def processor_worker(settings: Settings, folder: Path, name: str) -> Any:
     """A `flowhook processor` child process with its own data dir and log file (not started)."""
-    from processor.stack import WorkerProcess
+    from processor.devtools.stack import WorkerProcess
 
     env = {"FLOWHOOK_DATA_DIR": str(folder / name / "data")}
     return WorkerProcess("processor", settings, folder / name / "worker.log", env=env)

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from processor.devtools.receiver import Receiver, start_receiver
+from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import ensure_topics
-from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions
 
 
 @contextlib.asynccontextmanager

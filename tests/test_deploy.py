@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from processor.cli import cli
+from processor.cli.main import cli
 from processor.kafka_settings import BrokerSettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from processor import records
+from processor.devtools.receiver import Receiver, start_receiver
+from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
-from processor.receiver import Receiver, start_receiver
 from processor.settings import Settings
-from processor.stack import WorkerProcess, apply_definitions
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import pytest
 
+from processor.devtools.kafka_runner import KafkaCluster
+from processor.devtools.receiver import Receiver
 from processor.kafka import make_admin, make_producer, read_records
-from processor.kafka_runner import KafkaCluster
-from processor.receiver import Receiver
 from processor.settings import Settings
 from tests.stack_helpers import worker_stack
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from processor.devtools.kafka_runner import KafkaCluster
+from processor.devtools.receiver import Receiver
 from processor.kafka import ensure_topics, read_records
-from processor.kafka_runner import KafkaCluster
-from processor.receiver import Receiver
 from processor.settings import Settings
 from tests.stack_helpers import worker_stack
 from tests.test_end_to_end import SECRETS, collect, event, order_flow, produce

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
+from processor.devtools.receiver import Receiver
 from processor.engine.placement import home_partition
-from processor.receiver import Receiver
 from processor.settings import Settings
 from tests.stack_helpers import worker_stack
 from tests.test_end_to_end import collect

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from processor.broker import free_port
+from processor.devtools.broker import free_port
+from processor.devtools.stack import WorkerProcess
 from processor.settings import Settings
-from processor.stack import WorkerProcess
 from tests.dispatch_helpers import ScriptedReceiver, read_values, slow
 from tests.engine_helpers import definition, event, event_bytes, processor_worker, produce, publish_flows
 

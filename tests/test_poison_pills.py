@@ -17,10 +17,10 @@ from aiokafka.errors import KafkaError
 from processor import constants as c
 from processor import records, strict_json
 from processor.clock import iso, now_ms
+from processor.devtools.sending import read_lines
 from processor.dispatch.worker import DispatcherOptions, run_dispatcher
 from processor.errors import InputError
 from processor.kafka import CopyAsideFailed, ensure_topics, make_producer, send_with_retries
-from processor.sending import read_lines
 from processor.settings import Settings
 from tests.dispatch_helpers import ScriptedReceiver, by_delivery, due_record, read_values
 from tests.engine_helpers import InProcessEngine, definition, event, flow_record, publish_flows, wait_for

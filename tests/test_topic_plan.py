@@ -8,8 +8,8 @@ import shlex
 import pytest
 from click.testing import CliRunner
 
+from processor.cli.topics import topics
 from processor.kafka import TopicsMissing, ensure_topics, topic_plan
-from processor.kafka_commands import topics
 from processor.settings import Settings
 from processor.topic_plan import planned_topics
 

@@ -1,7 +1,7 @@
 """Changing pages: a flow's status, publishing an edited or uploaded flow file, replaying deliveries.
 
 Each handler checks the rule (`auth.decide`) before doing anything, does the change through
-the code the command line uses (`flows.publish.apply`, `dispatch.replay.requeue`), and
+the code the command line uses (`ops.publish.apply`, `dispatch.replay.requeue`), and
 writes an audit record; a change that cannot be audited is reported as failed.
 """
 
@@ -21,9 +21,9 @@ from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.pages_view import log_filter
 from processor.dispatch.replay import requeue
-from processor.flows import publish
-from processor.flows.commands import warning_line
+from processor.errors import Problem, warning_line
 from processor.flows.loader import CheckedFile, ParseError, check_definition, parse_text
+from processor.ops import publish
 
 routes = web.RouteTableDef()
 STATUSES = ("draft", "manual", "live")
@@ -136,7 +136,8 @@ async def publish_flow(request: web.Request) -> web.StreamResponse:
 
 def _submitted_text(form: Any) -> tuple[str, str]:
     upload = form.get("file")
-    if upload is not None and hasattr(upload, "file") and getattr(upload, "filename", ""):
+    filename = getattr(upload, "filename", "")
+    if upload is not None and hasattr(upload, "file") and filename:
         data = upload.file.read(MAX_UPLOAD_BYTES + 1)
         if len(data) > MAX_UPLOAD_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_UPLOAD_BYTES, actual_size=len(data))
@@ -148,8 +149,6 @@ def _submitted_text(form: Any) -> tuple[str, str]:
 
 
 def _check_text(text: str, source: str) -> CheckedFile:
-    from processor.errors import Problem
-
     try:
         data, lines = parse_text(text, json_file=source.lower().endswith(".json"))
     except ParseError as exc:
@@ -215,7 +214,7 @@ async def _replay(request: web.Request, console: Console, dues: list[dict[str, A
     ids = [d["delivery_id"] for d in dues]
     await console.index.write(index.record_replay, replay_id, at, who, ids)
     await requeue(console.settings, dues)
-    versions = sorted({d.get("flow_version") for d in dues if isinstance(d.get("flow_version"), int)})
+    versions = sorted({v for d in dues if isinstance(v := d.get("flow_version"), int)})
     await console.audit.write(audit_record(
         who=who, role=role, action=action, flow_id=flow_id, flow_version=versions[-1] if versions else None,
         detail={**detail, "deliveries": len(ids), "webhook_ids": ids[:100], "replay_id": replay_id},

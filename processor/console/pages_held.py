@@ -1,7 +1,8 @@
-"""The Needs-Review queue (`processor.held`): deliveries of manual flows waiting to be sent or cancelled.
+"""The Needs-Review queue (`processor.dispatch.held`): deliveries of manual flows waiting to be sent
+or cancelled.
 
 The list comes from the index (deliveries whose latest outcome is `held`, with the request
-the engine built); sending and cancelling go through `processor.held.send` / `cancel`, which
+the engine built); sending and cancelling go through `processor.dispatch.held.send` / `cancel`, which
 read the held topic again, so what is acted on is what the topics hold, never a stale page.
 """
 
@@ -9,12 +10,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from processor import held
 from processor.console import auth, queries
 from processor.console.audit import audit_record
 from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.pages_change import require
+from processor.dispatch import held
 
 routes = web.RouteTableDef()
 

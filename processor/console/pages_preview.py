@@ -1,7 +1,7 @@
 """Preview of a flow's webhook steps for a real profile, as the processor holds it, and a pasted event.
 
 The profile comes from the processor worker that owns it (`profiles.lookup`); the run is
-the engine core's and the telling `flowhook preview`'s own (`flows.preview.preview`), so the
+the engine core's and the telling `flowhook preview`'s own (`engine.preview.preview`), so the
 console shows exactly what the command line would, secrets masked. Nothing is sent.
 """
 
@@ -16,9 +16,9 @@ from processor.console import queries
 from processor.console.context import CONSOLE, Console
 from processor.console.pages_auth import form_of
 from processor.console.profiles import lookup
+from processor.engine.preview import preview, record_from_data
 from processor.errors import InputError
 from processor.flows.loader import ParseError, flow_from_dict, parse_text
-from processor.flows.preview import preview, record_from_data
 
 routes = web.RouteTableDef()
 

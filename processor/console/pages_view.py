@@ -14,10 +14,10 @@ from processor.console import auth, queries
 from processor.console.context import CONSOLE, Console
 from processor.console.index import FAILED_OUTCOMES
 from processor.dispatch.replay import parse_time
+from processor.engine.preview import pretty_body
 from processor.errors import FlowhookError
 from processor.flows.loader import flow_from_dict
-from processor.flows.preview import pretty_body
-from processor.flows.publish import describe_trigger
+from processor.ops.publish import describe_trigger
 
 routes = web.RouteTableDef()
 OUTCOMES = queries.OUTCOMES

@@ -72,7 +72,8 @@ async def session_and_csrf(request: web.Request, handler: Handler) -> web.Stream
     request["session"] = session
     request["user"] = None
     if session is not None and session.stage == "signed_in" and session.user:
-        request["user"] = await console.users_call(lambda store: store.get(session.user))
+        name = session.user
+        request["user"] = await console.users_call(lambda store: store.get(name))
     if request.method in UNSAFE_METHODS:
         await check_csrf(request, session)
     public = request.path.startswith(PUBLIC_PREFIXES)

@@ -11,6 +11,7 @@ compare-and-set UPDATE: of two processes accepting the same code at once, one wi
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import re
 import secrets
@@ -202,10 +203,10 @@ class UserStore:
 
     # --- failed sign-ins -----------------------------------------------------------------
 
-    def failures(self, key: str, since_ms: int) -> list[int]:
+    def failures(self, key: str, since_ms: int) -> builtins.list[int]:  # `list` is a method here
         return [r[0] for r in self.conn.execute(
             "SELECT at_ms FROM login_failures WHERE key = ? AND at_ms >= ?", (key, since_ms))]
 
-    def add_failure(self, keys: list[str], now_ms: int, keep_ms: int) -> None:
+    def add_failure(self, keys: builtins.list[str], now_ms: int, keep_ms: int) -> None:
         self.conn.executemany("INSERT INTO login_failures VALUES (?,?)", [(k, now_ms) for k in keys])
         self.conn.execute("DELETE FROM login_failures WHERE at_ms < ?", (now_ms - keep_ms,))

@@ -162,14 +162,14 @@ async def send(session: aiohttp.ClientSession, prepared: Prepared) -> Attempt:
             finished_at_ms=now_ms(),
         )
     finished = now_ms()
-    kind = classify_status(status)
+    failure = classify_status(status)
     return Attempt(
-        kind,
+        failure,
         http_status=status,
         latency_ms=(time.perf_counter() - started) * 1000,
-        error=None if kind is None else f"{kind.label}: HTTP {status}",
+        error=None if failure is None else f"{failure.label}: HTTP {status}",
         response_excerpt=_excerpt(body, prepared.secret_values),
         sent_at_ms=sent_at,
         finished_at_ms=finished,
-        retry_after_ms=parse_retry_after_ms(retry_after, finished) if kind else None,
+        retry_after_ms=parse_retry_after_ms(retry_after, finished) if failure else None,
     )

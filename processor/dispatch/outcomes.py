@@ -44,7 +44,7 @@ def for_mode(topics: Topics, due: WebhookDue) -> list[Output] | None:
     """The outputs of a record that is not to be sent (held or invalid), else None."""
     mode = due.mode
     if mode == "held":
-        # The record waits in the Needs-Review queue (processor.held) until someone sends or
+        # The record waits in the Needs-Review queue (processor.dispatch.held) until someone sends or
         # cancels it; the copy goes first, so a `held` result always has its queued record.
         queued = Output(topics.held, due.delivery_id.encode(), records.encode(due))
         return [queued, result_output(topics, due, "held", error="flow is in manual status: not sent")]

@@ -83,7 +83,7 @@ def _check_header(name: str, value: str) -> None:
         raise _refuse(FailureKind.INVALID, f"header {name} has a line break or NUL in its value")
 
 
-def _flow_headers(request: Request, env: Mapping[str, str] | None) -> tuple[dict[str, str], list]:
+def _flow_headers(request: Request, env: Mapping[str, str] | None) -> tuple[dict[str, str], list[str]]:
     headers = {k: v for k, v in request.headers.items() if k.lower() not in c.RESERVED_HEADERS}
     values: list[str] = []
     for name, template in request.secret_headers.items():

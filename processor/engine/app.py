@@ -32,6 +32,7 @@ from processor.engine.core import RecordKind
 from processor.engine.faust_app import EngineTable, input_topic, make_app, make_table
 from processor.engine.flowset import FlowSet
 from processor.engine.placement import Placement
+from processor.engine.profiles import lookup
 from processor.engine.registry import FlowRegistry
 from processor.engine.status import WorkerStatus
 from processor.engine.wakeups import DUE_TICK_S, WakeUps
@@ -49,7 +50,6 @@ from processor.logs import get_logger
 from processor.ops.endpoint import Endpoint, Readiness, start_endpoint
 from processor.ops.lag import LagSource, LagWatch
 from processor.ops.metrics import WorkerMetrics
-from processor.ops.profiles import lookup
 from processor.outage import BrokerWatch
 from processor.records import invalid_copy
 from processor.settings import Settings
@@ -124,7 +124,7 @@ class Engine:
         source = input_topic(self.app, self.settings, list(self._kinds))
         self.app.agent(source, name="flowhook-engine")(self.batch_path.agent)
         self.app.timer(DUE_TICK_S)(self._tick)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]  # async receivers work; Faust's type says sync
 
     # --- shared state, as the rest of the project reads it -----------------------------
 

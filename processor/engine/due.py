@@ -12,6 +12,7 @@ agent set or the timer popped ("fresh"), and `set_rebuilt` leaves those alone.
 
 from __future__ import annotations
 
+import builtins
 import heapq
 
 
@@ -72,7 +73,7 @@ class DueIndex:
     def rebuilding(self) -> bool:
         return self._fresh is not None
 
-    def drop_partitions(self, partitions: set[int]) -> None:
+    def drop_partitions(self, partitions: builtins.set[int]) -> None:  # `set` is a method here
         """Forget profiles of partitions this worker no longer owns."""
         self._due = {k: v for k, v in self._due.items() if v[1] not in partitions}
 

@@ -41,7 +41,7 @@ CatchUp = Callable[[faust.Table, set[TP]], Awaitable[None]]
 Recovered = Callable[[faust.Table, set[TP]], None]
 
 
-class EngineTable(faust.Table):  # type: ignore[misc]
+class EngineTable(faust.Table):
     """The profile table: after Faust's recovery, a catch-up read past the changelog's
     reported end (`engine.changelog_tail`), then the worker is told which partitions it
     now holds (it rebuilds its due index and becomes ready)."""
@@ -72,7 +72,7 @@ def make_table(app: faust.App, settings: Settings, catch_up: CatchUp, recovered:
         extra_topic_configs=changelog_configs(settings),
     )
     table.catch_up, table.recovered = catch_up, recovered
-    added: EngineTable = app.tables.add(table)
+    added: EngineTable = app.tables.add(table)  # type: ignore[assignment]  # Faust types it as its base
     return added
 
 

@@ -1,9 +1,9 @@
 """Every reach into private internals of faust-streaming, mode-streaming and aiokafka.
 
 Nothing else in the package touches a private attribute of these libraries (ruff's SLF001
-is on, and tests/test_engine_faust_compat.py scans for string-named reaches). Each reach is
+is on, and tests/engine/test_engine_faust_compat.py scans for string-named reaches). Each reach is
 one small function below, with why we need it and the version it was checked against;
-the contract tests in tests/test_engine_faust_compat.py pin the behaviour each one relies
+the contract tests in tests/engine/test_engine_faust_compat.py pin the behaviour each one relies
 on, so an upgrade fails a named test instead of losing outputs in production.
 
 `check_versions` runs when a processor worker starts: it refuses versions not in KNOWN
@@ -110,7 +110,7 @@ def aiokafka_producer(app: faust.App) -> AIOKafkaProducer:
     Checked: faust-streaming 0.15.3, faust/transport/drivers/aiokafka.py
     `Producer._ensure_producer` (raises NotReady before the service started).
     """
-    producer: AIOKafkaProducer = app.producer._ensure_producer()  # noqa: SLF001
+    producer: AIOKafkaProducer = app.producer._ensure_producer()  # type: ignore[attr-defined]  # noqa: SLF001  # private
     return producer
 
 
@@ -138,13 +138,13 @@ def make_idempotent(app: faust.App) -> None:
     `Producer._settings_extra` and `_new_producer`.
     """
     producer = app.producer
-    extra = producer._settings_extra  # noqa: SLF001
-    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}  # noqa: SLF001
+    extra = producer._settings_extra  # type: ignore[attr-defined]  # noqa: SLF001  # private
+    producer._settings_extra = lambda: {**extra(), "enable_idempotence": True}  # type: ignore[attr-defined]  # noqa: SLF001  # private
 
 
 def producer_options(app: faust.App) -> Mapping[str, Any]:
     """The extra aiokafka options Faust's producer will be created with (see `make_idempotent`)."""
-    options: Mapping[str, Any] = app.producer._settings_extra()  # noqa: SLF001
+    options: Mapping[str, Any] = app.producer._settings_extra()  # type: ignore[attr-defined]  # noqa: SLF001  # private
     return options
 
 
@@ -229,13 +229,13 @@ def stored_values(table: faust.Table) -> Iterator[bytes | None]:
     if actives is None:
         return iter(list(store.data.values()))
     databases = list(actives())
-    return (value for db in databases for value in store._visible_values(db))  # noqa: SLF001
+    return (value for db in databases for value in store._visible_values(db))  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 # --- Faust: the table manager's start -------------------------------------------------------
 
 
-class PromptTableManager(TableManager):  # type: ignore[misc]
+class PromptTableManager(TableManager):
     """Faust's table manager without the second it waits at start.
 
     Why: `TableManager.on_start` sleeps 1.0 s before it registers the tables' changelog
@@ -291,7 +291,7 @@ class PromptTableManager(TableManager):  # type: ignore[misc]
 # `_unacked_messages`, `seek`; faust/_cython/streams.pyx; faust/transport/drivers/
 # aiokafka.py `AIOKafkaConsumerThread.seek_to_committed`, `_ensure_consumer`, `call_thread`;
 # `Message.generation_id`, `App.consumer_generation_id`) and aiokafka 0.14.0
-# (`AIOKafkaConsumer.seek_to_committed`). Pinned by tests/test_engine_offsets.py.
+# (`AIOKafkaConsumer.seek_to_committed`). Pinned by tests/engine/test_engine_offsets.py.
 
 FirstOffsetAt = Callable[[TP, int], Awaitable[int | None]]
 
@@ -396,7 +396,7 @@ def _patch_seek() -> None:
                 # next one to read: the record there would be taken for an old one.
                 read_offset[tp] = -1 if offset is None else offset - 1
 
-    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
+    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign,assignment]
     Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
 
 

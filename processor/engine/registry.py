@@ -14,6 +14,7 @@ from typing import Any
 from processor import strict_json
 from processor.engine.flowset import FlowSet
 from processor.errors import FlowhookError
+from processor.flows.loader import flow_from_dict
 from processor.flows.model import Flow
 from processor.kafka import make_reader
 from processor.logs import get_logger
@@ -26,8 +27,6 @@ IDLE_LOADED_MS = 400  # no new flow records for this long after start: the initi
 
 def flow_from_record(value: bytes, *, allow_http: bool) -> Any:
     """A flow record's value -> Flow (raises FlowhookError or ValueError if unusable)."""
-    from processor.flows.loader import flow_from_dict
-
     record = strict_json.loads(value, max_string_bytes=None)
     return flow_from_dict(
         record["definition"],

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import faust
 
@@ -32,6 +32,7 @@ from processor.engine.flowset import FlowSet
 from processor.engine.state import due_of, due_time_of, never_due
 from processor.flows.model import Flow
 from processor.logs import get_logger
+from processor.records.types import WakeReason
 
 log = get_logger(__name__)
 
@@ -57,7 +58,9 @@ class WakeUps:
     async def tick(self) -> None:
         """Send the wake-ups that are due now."""
         for profile_id, partition, due_ms, reason in self.due.pop_due(self.clock(), WAKEUPS_PER_TICK):
-            value = records.encode(records.WakeUp(profile_id=profile_id, due_at=iso(due_ms), reason=reason))
+            # The due index holds only the reasons the core gives (`delay`, `date_property`).
+            wake = records.WakeUp(profile_id=profile_id, due_at=iso(due_ms), reason=cast(WakeReason, reason))
+            value = records.encode(wake)
             await self.app.producer.send(self.topic, profile_id.encode(), value, partition, None, None)
 
     def drop(self, revoked: Iterable[Any]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Sequence
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from processor.clock import parse_iso_ms
 from processor.flows.build_webhook import build_webhook
@@ -39,6 +39,7 @@ from processor.flows.model import (
     DelayStep,
     Flow,
     Reentry,
+    ReentryMode,
     SplitStep,
     Step,
     Trigger,
@@ -392,7 +393,7 @@ def _reentry(ck: Checker, value: Any, path: Path) -> Reentry | None:
     if mode != "once_per":
         if "period" in obj:
             ck.add((*path, "period"), f"period is only for mode once_per, not {mode}")
-        return Reentry(mode=mode)
+        return Reentry(mode=cast(ReentryMode, mode))  # checked against REENTRY_MODES above
     if "period" not in obj:
         ck.add((*path, "period"), "missing; once_per needs a period, e.g. period: 30d")
         return None
@@ -489,7 +490,7 @@ def _delay_amount(ck: Checker, obj: dict[str, Any], unit: str, path: Path) -> in
 
 def _delay_zone(ck: Checker, value: Any, path: Path) -> str | None:
     if value == PROFILE_TIMEZONE:
-        return value
+        return PROFILE_TIMEZONE
     return timezone(ck, value, path)
 
 

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from processor.durations import format_duration_ms
 from processor.flows.lookup import MISSING, profile_value
 from processor.flows.model import PROFILE_TIMEZONE, DelayStep
 
@@ -90,8 +91,6 @@ def _on_allowed_day(moment: datetime, step: DelayStep, zone: ZoneInfo) -> dateti
 
 def describe(step: DelayStep) -> str:
     """How `preview` and `flows list` say it: 'wait 2d', 'wait 1 day, then until 09:00 profile'."""
-    from processor.durations import format_duration_ms
-
     zone = step.timezone if step.timezone != PROFILE_TIMEZONE else (
         f"in the profile's time zone (else {step.fallback_timezone})")
     if step.until is not None:

@@ -18,6 +18,8 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, Final
 from urllib.parse import quote
 
+from jinja2 import Undefined
+
 from processor.flows.values import plain, text, tick
 
 MAX_TEXT: Final = 64 * 1024
@@ -229,8 +231,6 @@ def f_base64_decode(value: Any) -> str:
 
 def f_default_if_none(value: Any, fallback: Any = "") -> Any:
     """The fallback only when the value is null or missing (empty text is kept)."""
-    from jinja2 import Undefined
-
     return fallback if value is None or isinstance(value, Undefined) else value
 
 

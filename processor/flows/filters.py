@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from processor.clock import parse_iso_ms
+from processor.durations import format_duration_ms
 from processor.flows.lookup import MISSING, event_value, profile_value
 from processor.flows.model import Condition
 
@@ -67,8 +68,6 @@ def describe(condition: Condition) -> str:
         if condition.since:
             return f"{text} since {condition.since}"
         if condition.within_ms is not None:
-            from processor.durations import format_duration_ms
-
             return f"{text} within {format_duration_ms(condition.within_ms)}"
         return text
     prefix = "event " if condition.on == "event" else ""

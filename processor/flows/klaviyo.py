@@ -64,12 +64,12 @@ def internal_field_warnings(tree: nodes.Template) -> list[tuple[str, int]]:
         root = _root_name(node.node)
         if root is not None and isinstance(node.node, nodes.Name):
             found += _field_warning(root, node.attr, node.lineno)
-    for node in tree.find_all(nodes.Filter):
-        if node.name == "lookup" and node.node is not None and node.args:
-            root = _root_name(node.node)
-            key = node.args[0]
-            if root is not None and isinstance(node.node, nodes.Name) and isinstance(key, nodes.Const):
-                found += _field_warning(root, str(key.value), node.lineno)
+    for lookup in tree.find_all(nodes.Filter):
+        if lookup.name == "lookup" and lookup.node is not None and lookup.args:
+            root = _root_name(lookup.node)
+            key = lookup.args[0]
+            if root is not None and isinstance(lookup.node, nodes.Name) and isinstance(key, nodes.Const):
+                found += _field_warning(root, str(key.value), lookup.lineno)
     for name in tree.find_all(nodes.Name):
         if name.ctx == "load" and name.name in INTERNAL_VARIABLES:
             found.append((f"'{name.name}' has no value in Flowhook ({INTERNAL_VARIABLES[name.name]}), "

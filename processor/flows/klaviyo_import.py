@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import yaml
+
 MAPPING: Final = (
     ("trigger metric", "trigger: {metric: NAME} (name from --metric ID=NAME, else the id)"),
     ("trigger list / segment", "trigger: {list: ID} / {segment: ID}"),
@@ -243,8 +245,8 @@ class _Converter:
         """Append the action's step(s); return the id of the action after it (None at an end)."""
         kind = str(action.get("type"))
         ident = str(action.get("id") or action.get("temporary_id"))
-        links = action.get("links") if isinstance(action.get("links"), Mapping) else {}
-        data = action.get("data") if isinstance(action.get("data"), Mapping) else {}
+        links = _mapping_at(action, "links")
+        data = _mapping_at(action, "data")
         if kind in ("conditional-split", "trigger-split"):
             steps.append(self._split(kind, ident, data, links, actions, seen))
             return None  # both branches carry the rest of the flow
@@ -295,7 +297,7 @@ class _Converter:
         return {"trigger_split" if trigger else "split": split}
 
     def _webhook(self, ident: str, data: Mapping[str, Any]) -> dict[str, Any] | None:
-        message = data.get("message") if isinstance(data.get("message"), Mapping) else {}
+        message = _mapping_at(data, "message")
         status = str(data.get("status") or "live")
         if status in ("disabled", "draft"):
             self.notes.append(
@@ -412,11 +414,7 @@ class _Converter:
         return out
 
     def _history(self, condition: Mapping[str, Any]) -> dict[str, Any] | None:
-        measured = (
-            condition.get("measurement_filter")
-            if isinstance(condition.get("measurement_filter"), Mapping)
-            else {}
-        )
+        measured = _mapping_at(condition, "measurement_filter")
         if condition.get("measurement") != "count" or condition.get("metric_filters"):
             return None
         count = measured.get("value")
@@ -436,11 +434,7 @@ class _Converter:
             "op": op[0],
             "value": op[1],
         }
-        timeframe = (
-            condition.get("timeframe_filter")
-            if isinstance(condition.get("timeframe_filter"), Mapping)
-            else {}
-        )
+        timeframe = _mapping_at(condition, "timeframe_filter")
         window = timeframe.get("operator")
         if window == "flow-start":
             out["since"] = "flow_start"
@@ -498,10 +492,16 @@ def _secret_name(header: str, taken: set[str]) -> str:
     return name
 
 
+def _mapping_at(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """data[key] when it is a mapping, else an empty one (Klaviyo leaves optional parts out)."""
+    value = data.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
 def _brief(condition: Mapping[str, Any]) -> str:
     kind = condition.get("type")
     subject = condition.get("property") or condition.get("field") or condition.get("metric_id") or ""
-    spec = condition.get("filter") if isinstance(condition.get("filter"), Mapping) else {}
+    spec = _mapping_at(condition, "filter")
     operator = spec.get("operator") or condition.get("measurement") or ""
     return f"{kind} {subject} {operator}".strip()
 
@@ -511,8 +511,6 @@ def _brief(condition: Mapping[str, Any]) -> str:
 
 def to_yaml(definition: Mapping[str, Any]) -> str:
     """The definition as a YAML flow file; multi-line text (pasted bodies) as `|` blocks."""
-    import yaml
-
     class _Dumper(yaml.SafeDumper):
         pass
 

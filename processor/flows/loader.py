@@ -16,7 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import yaml
@@ -25,6 +25,7 @@ from processor.errors import InputError, Problem
 from processor.flows.build import build_flow
 from processor.flows.checks import Checker, field_name
 from processor.flows.model import Flow
+from processor.records import validation_error
 
 PathKey = tuple[str | int, ...]
 FLOW_SUFFIXES = (".yaml", ".yml", ".json")
@@ -50,8 +51,12 @@ def _yaml_12_resolvers() -> None:
         re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[-+]?[0-9]+[eE][-+]?[0-9]+"
                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
         list("-+0123456789."))
-    _FlowYamlLoader.add_constructor(
-        "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node)))
+    _FlowYamlLoader.add_constructor("tag:yaml.org,2002:int", _int_scalar)
+
+
+def _int_scalar(loader: yaml.SafeLoader, node: yaml.Node) -> int:
+    """YAML 1.2 ints: only what the resolver above tagged (a scalar of digits) reaches here."""
+    return int(loader.construct_scalar(cast(yaml.ScalarNode, node)))
 
 
 _yaml_12_resolvers()
@@ -251,7 +256,5 @@ def _enter(node: yaml.Node, path: PathKey, lines: dict[Any, Any], duplicates: li
 
 def schema_problems(data: Any) -> list[tuple[PathKey, str]]:
     """The first problem schemas/flow.schema.json finds, as (path, message); empty when it matches."""
-    from processor.records import validation_error
-
     message = validation_error("flow", data)
     return [] if message is None else [((), f"{message} (schemas/flow.schema.json)")]

@@ -124,7 +124,7 @@ class ProfileView(_RecordView):
     """A stored profile seen as one flat mapping, by the lookup rule above."""
 
     __slots__ = ()
-    _find = staticmethod(profile_value)
+    _find = staticmethod(profile_value)  # type: ignore[assignment]  # same signature, other parameter name
 
     def __iter__(self) -> Iterator[str]:
         seen = [k for k in self._record if k != PROPERTIES]
@@ -138,7 +138,7 @@ class EventView(_RecordView):
     """An event record seen as its properties plus `$event_id`, `$time` and `metric`."""
 
     __slots__ = ()
-    _find = staticmethod(event_value)
+    _find = staticmethod(event_value)  # type: ignore[assignment]  # same signature, other parameter name
 
     def __iter__(self) -> Iterator[str]:
         props = self._record.get(PROPERTIES)

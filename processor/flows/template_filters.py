@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Final
@@ -17,6 +17,7 @@ from typing import Any, Final
 from jinja2 import ChainableUndefined, Undefined, pass_environment
 from jinja2.sandbox import SandboxedEnvironment
 
+from processor.flows import django_filters
 from processor.flows.values import dumps, plain, text, tick, to_json_value
 
 
@@ -129,7 +130,7 @@ def _ordinal(day: int) -> str:
     return {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
 
 
-_DATE_CODES: Final = {
+_DATE_CODES: Final[dict[str, Callable[[datetime], str]]] = {
     "d": lambda t: f"{t.day:02d}",
     "j": lambda t: str(t.day),
     "D": lambda t: t.strftime("%a"),
@@ -199,8 +200,6 @@ def f_date(value: Any, fmt: Any = "N j, Y") -> str:
 
 def _more_filters() -> dict[str, Any]:
     """The further Django/Klaviyo filters (processor.flows.django_filters)."""
-    from processor.flows import django_filters
-
     return {**django_filters.FILTERS, "count": f_length}
 
 

@@ -49,7 +49,7 @@ __all__ = [
 
 SchemaName = Literal["event", "profile", "flow", "flow-record", "webhook", "wakeup", "result", "invalid",
                      "audit"]
-# `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.held).
+# `cancelled`: a held delivery someone cancelled from the Needs-Review queue (processor.dispatch.held).
 TERMINAL_OUTCOMES = frozenset({"delivered", "failed", "dead", "blocked", "held", "invalid", "cancelled"})
 
 
@@ -66,7 +66,8 @@ def as_dict(record: msgspec.Struct) -> dict[str, Any]:
 
 @cache
 def schema(name: SchemaName) -> dict[str, Any]:
-    return orjson.loads((shipped_dir("schemas") / f"{name}.schema.json").read_bytes())
+    loaded: dict[str, Any] = orjson.loads((shipped_dir("schemas") / f"{name}.schema.json").read_bytes())
+    return loaded
 
 
 @cache

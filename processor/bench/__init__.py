@@ -1,0 +1,1 @@
+"""`flowhook bench`: each stage measured beside a same-run baseline."""

@@ -1,0 +1,1 @@
+"""Flowhook on one machine: embedded broker, Apache Kafka runner, receiver, stack, demo, dev."""
