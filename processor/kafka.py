@@ -296,7 +296,8 @@ async def wait_for_broker(
             log.info("waiting_for_broker", brokers=settings.brokers, error=type(error).__name__)
         last_error = error  # type: ignore[assignment]
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.2)
+            async with asyncio.timeout(0.2):
+                await stop.wait()
     if stop.is_set():
         return False
     raise TimeoutError(f"no Kafka broker answered at {settings.brokers}: {last_error!r}")

@@ -64,9 +64,13 @@ class BrokerWatch:
 
     async def _probe(self, admin: AIOKafkaAdminClient, started: bool) -> bool:
         try:
-            if not started:
-                await asyncio.wait_for(admin.start(), PROBE_TIMEOUT_S)
-            await asyncio.wait_for(admin.list_topics(), PROBE_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes
+            # as the probe finishes, and this loop would then never end (a dispatcher's
+            # shutdown hung on it until its caller's own timeout).
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if not started:
+                    await admin.start()
+                await admin.list_topics()
         except asyncio.CancelledError:
             raise
         except Exception:  # any failure within the deadline means "unreachable now"

@@ -137,7 +137,8 @@ class Lane:
             return
         self._drained = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(asyncio.shield(self._drained), timeout=deadline_s)
+            async with asyncio.timeout(deadline_s):
+                await asyncio.shield(self._drained)
         except TimeoutError:
             left = self.taken
             for _ in await self.core.pool.abandon(lambda work: work.lane is self):

@@ -283,7 +283,8 @@ class Engine:
             if self.app.crashed or self.app.should_stop:
                 raise EngineCrashed(f"the Faust app stopped: {self.app.crash_reason!r}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=0.5)
+                async with asyncio.timeout(0.5):
+                    await stop.wait()
 
 
 class _LookupRef:
