@@ -11,7 +11,9 @@ from processor import outage
 from processor.settings import Settings
 
 
-async def test_a_cancel_that_comes_as_a_probe_is_answered_ends_the_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_cancel_that_comes_as_a_probe_is_answered_ends_the_watch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Python 3.11's `asyncio.wait_for` returns the result and drops the cancel when both come
     in the same step; the watch's loop then went on for good and a dispatcher's shutdown hung."""
     answers: asyncio.Queue[asyncio.Future[list[str]]] = asyncio.Queue()
