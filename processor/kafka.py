@@ -217,9 +217,10 @@ async def read_records(
     idle_s: float = 2.0,
     follow: bool = False,
     stop: Callable[[], bool] | None = None,
+    **reader_options: object,
 ) -> AsyncIterator[ConsumerRecord]:
     """Yield the records of `topic` from the start; end once idle for `idle_s` (unless following)."""
-    reader = make_reader(settings, topic)
+    reader = make_reader(settings, topic, **reader_options)
     await reader.start()
     try:
         end = ReadEnd(idle_s, follow, stop)

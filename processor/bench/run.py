@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from processor.bench.fetchcost import run_fetch_cost_stage
 from processor.bench.report import print_report
 from processor.bench.scale import run_scale_stage
 from processor.bench.soak import run_soak_stage
@@ -41,6 +42,8 @@ async def run_stages(bench: Bench) -> list[StageResult]:
             stage = await run_soak_stage(bench, bench.config.soak_events, bench.config.soak_seconds)
         elif name == "scale":
             stage = await run_scale_stage(bench)
+        elif name == "fetchcost":
+            stage = await run_fetch_cost_stage(bench, bench.config.fetchcost_batches)
         elif name == "e2e" or (name == "half" and "e2e" not in chosen):
             # The half-rate pass runs on the end-to-end stage's workers, after it.
             stage = await bench.end_to_end(full=name == "e2e", half="half" in chosen)

@@ -28,6 +28,7 @@ import orjson
 from aiohttp import web
 
 from processor import records
+from processor.bench.cpu import sample
 from processor.bench.stages import Bench, StageResult, _peak_rss_mb
 from processor.clock import iso, now_ms
 from processor.devtools.broker import free_port
@@ -35,6 +36,7 @@ from processor.devtools.stack import apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
 from processor.ops.summary import percentile
 
+MINUTE_MS = 60_000
 FAIL_SHARE = 0.10
 HANG_SHARE = 0.01
 HANG_S = 5.0
@@ -42,6 +44,12 @@ TIMEOUT = "2s"
 DOWN_SHARE = 0.05
 HEALTHY_SHARE = 0.10
 MAX_AGE_S = 60
+# The storefront's producer and the analysts' reader of the results, as such clients are set
+# up: batching a little, and fetching at most twice a second (whole batches, not each record
+# as it comes). Both costs the broker less per record; the embedded broker's memory store
+# pays for every stored batch on each fetch of its partition (docs/reliability.md#soak).
+STOREFRONT_LINGER_MS = 25
+FOLLOWER_FETCH = {"fetch_min_bytes": 64 * 1024, "fetch_max_wait_ms": 500}
 SETTLE_S = 3.0  # after the last outcome: a late repeat would show
 DRAIN_MAX_S = 900.0  # how long the backlog may take after the last event, beyond max_age
 
@@ -60,6 +68,7 @@ class SoakReceiver:
         self.rng = random.Random(7)
         self.seen: set[str] = set()
         self.first_ms: dict[str, list[float]] = {"warm": [], "unloaded": [], "soak": [], "healthy": []}
+        self.sent_ms: dict[str, list[int]] = {key: [] for key in self.first_ms}  # beside first_ms
         self.requests = 0
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -70,8 +79,9 @@ class SoakReceiver:
             self.seen.add(webhook_id)
             sent = orjson.loads(body).get("sent_ms") if body else None
             if isinstance(sent, int):
-                healthy = request.path.startswith("/healthy")
-                self.first_ms["healthy" if healthy else self.phase].append(now_ms() - sent)
+                kind = "healthy" if request.path.startswith("/healthy") else self.phase
+                self.first_ms[kind].append(now_ms() - sent)
+                self.sent_ms[kind].append(sent)
         if self.faults and request.path.startswith("/flaky"):
             draw = self.rng.random()
             if draw < HANG_SHARE:
@@ -85,7 +95,7 @@ class SoakReceiver:
             self.phase = request.query["phase"]
             self.faults = self.phase == "soak"
         return web.json_response({"requests": self.requests, "distinct": len(self.seen),
-                                  "first_ms": self.first_ms})
+                                  "first_ms": self.first_ms, "sent_ms": self.sent_ms})
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -132,7 +142,7 @@ async def _produce(
     settings: Any, count: int, rate: float, run: str, *, down_share: float, healthy_share: float = 0.0
 ) -> tuple[int, int]:
     """Produce `count` events at `rate`; how many go to the down and the healthy destination too."""
-    producer = make_producer(settings)
+    producer = make_producer(settings, linger_ms=STOREFRONT_LINGER_MS)
     await producer.start()
     rng = random.Random(run)
     started = time.perf_counter()
@@ -168,6 +178,45 @@ async def _control(url: str, phase: str | None = None) -> dict[str, Any]:
             return orjson.loads(await response.read())
 
 
+class CpuTimeline:
+    """The CPU cores each process used, every `every_s` while the soak runs: at a steady rate,
+    a process whose share grows is where a backlog comes from (the embedded broker's does:
+    its memory store costs more per request with every batch it holds)."""
+
+    def __init__(self, pids: dict[str, list[int]], every_s: float = 10.0) -> None:
+        self.pids, self.every_s = pids, every_s
+        self.rows: list[tuple[int, dict[str, float]]] = []  # (wall clock ms, cores per role)
+        self.done = False
+
+    async def run(self) -> None:
+        last, last_at = sample(self.pids), time.monotonic()
+        while not self.done:
+            await asyncio.sleep(self.every_s)
+            now, now_at = sample(self.pids), time.monotonic()
+            elapsed = now_at - last_at
+            self.rows.append((now_ms(), {role: (now[role] - last.get(role, 0.0)) / elapsed for role in now}))
+            last, last_at = now, now_at
+
+    def per_minute(self, role: str, start_ms: int, minutes: int) -> list[float]:
+        """The role's mean cores in each minute from `start_ms`."""
+        spans: list[list[float]] = [[] for _ in range(minutes)]
+        for at_ms, cores in self.rows:
+            minute = (at_ms - start_ms - 1) // MINUTE_MS
+            if 0 <= minute < minutes and role in cores:
+                spans[minute].append(cores[role])
+        return [sum(span) / len(span) if span else 0.0 for span in spans]
+
+
+def p99_per_minute(sent_ms: list[int], latencies_ms: list[float], start_ms: int, minutes: int) -> list[float]:
+    """The first tries' p99 latency per minute of sending (by the event's produce time)."""
+    spans: list[list[float]] = [[] for _ in range(minutes)]
+    for sent, latency in zip(sent_ms, latencies_ms, strict=True):
+        minute = (sent - start_ms) // MINUTE_MS
+        if 0 <= minute < minutes:
+            spans[minute].append(latency)
+    return [percentile(span, 0.99) or 0.0 for span in spans]
+
+
 class Tally:
     """The last outcome of every delivery, followed on the results topic while the soak runs."""
 
@@ -178,7 +227,8 @@ class Tally:
 
     async def follow(self, settings: Any) -> None:
         topic = settings.topics.results
-        async for record in read_records(settings, topic, follow=True, stop=lambda: self.done):
+        async for record in read_records(settings, topic, follow=True, stop=lambda: self.done,
+                                         **FOLLOWER_FETCH):
             value = orjson.loads(record.value)
             if value.get("type") == "delivery":
                 self.last[value["delivery_id"]] = value["outcome"]
@@ -213,6 +263,9 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
         await apply_definitions(settings, [(f, "soak") for f in flows])
         workers = [bench.worker("processor", settings).start(), bench.worker("dispatcher", settings).start()]
         follower = asyncio.create_task(tally.follow(settings))
+        pids = bench.cpu_window({w.role: [w] for w in workers}).pids
+        timeline = CpuTimeline({**pids, "receiver": [receiver.pid]})
+        sampler = asyncio.create_task(timeline.run())
         try:
             await _produce(settings, 1, rate, "warm", down_share=0)
             await _until(lambda: _control(url), lambda s: s["distinct"] >= 1, 120)
@@ -220,7 +273,7 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
             await _produce(settings, unloaded, rate, "unloaded", down_share=0)
             await _until(lambda: _control(url), lambda s: s["distinct"] >= unloaded + 1, 120)
             await _control(url, "soak")
-            started = time.perf_counter()
+            started, started_ms = time.perf_counter(), now_ms()
             downs, healthy = await _produce(settings, events, rate, "soak", down_share=DOWN_SHARE,
                                             healthy_share=HEALTHY_SHARE)
             produced_s = time.perf_counter() - started
@@ -238,8 +291,9 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
         finally:
             for worker in workers:
                 worker.stop()
-            tally.done = True
+            tally.done = timeline.done = True
         await follower
+        await sampler
         counts, open_, total = tally.summary()
     finally:
         receiver.terminate()
@@ -255,10 +309,22 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
                  f"after the last event; " + ", ".join(f"{k} {v:,}" for k, v in
                  sorted(counts.items())) + ("" if alive else "; a worker died")
                  + f"; deferred by the breaker: {deferred}"
-                 + f"; healthy destination's first tries ({len(healthy_ms):,}) {_percentiles(healthy_ms)}")
+                 + f"; healthy destination's first tries ({len(healthy_ms):,}) {_percentiles(healthy_ms)}"
+                 + "; " + _by_minute(stats, timeline, started_ms, produced_s))
     if open_ or missing or not alive:
         soak.note = "incomplete: " + soak.note
     return [quiet, soak]
+
+
+def _by_minute(stats: dict[str, Any], timeline: CpuTimeline, start_ms: int, produced_s: float) -> str:
+    """Per minute of sending: the first tries' p99 and each process's CPU, to show whether the
+    latency holds over the run or grows, and with which process's cost."""
+    minutes = max(1, round(produced_s / 60))  # a last part-minute of under 30 s is left out
+    p99 = p99_per_minute(stats["sent_ms"]["soak"], stats["first_ms"]["soak"], start_ms, minutes)
+    roles = ("broker", "processor", "dispatcher")
+    cores = {role: timeline.per_minute(role, start_ms, minutes) for role in roles}
+    return (f"by minute: first-try p99 {' / '.join(f'{v:,.0f}' for v in p99)} ms; CPU cores "
+            + ", ".join(f"{role} {' / '.join(f'{v:.2f}' for v in row)}" for role, row in cores.items()))
 
 
 def _percentiles(latencies: list[float]) -> str:

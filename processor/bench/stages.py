@@ -49,8 +49,9 @@ from processor.settings import Settings
 BENCH_METRIC = "Bench Order"
 STAGES = ("raw", "agent", "processor", "dispatcher", "e2e", "half")
 # "state" (a large RocksDB state), "scale" (1, 2, 4 workers of each kind on 8 and 16
-# partitions) and "soak" (minutes against failing receivers) run only when asked for
-ALL_STAGES = (*STAGES, "state", "scale", "soak")
+# partitions), "soak" (minutes against failing receivers) and "fetchcost" (the broker's
+# CPU per fetch as a partition grows) run only when asked for
+ALL_STAGES = (*STAGES, "state", "scale", "soak", "fetchcost")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class BenchConfig:
     broker: str = "embedded"  # or "kafka" (one Apache Kafka node); ignored with `brokers`
     scale_workers: tuple[int, ...] = (1, 2, 4)  # processors (and as many dispatchers) per scale run
     scale_partitions: tuple[int, ...] = (8, 16)
+    fetchcost_batches: tuple[int, ...] = (1_000, 2_000, 4_000, 8_000)  # stored batches per reading
 
 
 @dataclass

@@ -125,19 +125,24 @@ def _stderr_console() -> Console:
               help="'scale' stage: processors (and as many dispatchers) per run.")
 @click.option("--scale-partitions", default="8,16", show_default=True,
               help="'scale' stage: partitions per run.")
+@click.option("--fetchcost-batches", default="1000,2000,4000,8000", show_default=True,
+              help="'fetchcost' stage: stored batches at each reading (multiples of 50).")
 def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rate: float | None, store: str,
           partitions: int, stages: str, state_profiles: int, soak_events: int, soak_seconds: float,
-          as_json: bool, kafka: bool, scale_workers: str, scale_partitions: str) -> None:
+          as_json: bool, kafka: bool, scale_workers: str, scale_partitions: str,
+          fetchcost_batches: str) -> None:
     """End-to-end throughput and latency against a built-in local receiver, beside same-run baselines.
 
     Stages: raw, agent, processor, dispatcher, e2e, half (end to end at half the e2e rate; the
     default), and on request: state (the processor with --state-profiles profiles and pending
     delays in a RocksDB state), scale (end to end with --scale-workers processors and
-    dispatchers on --scale-partitions partitions) and soak (--soak-events over --soak-seconds
-    with 10% 503, 1% hanging and one destination down). Every stage reports the CPU µs per
-    record of each of its processes.
+    dispatchers on --scale-partitions partitions), soak (--soak-events over --soak-seconds
+    with 10% 503, 1% hanging and one destination down) and fetchcost (the broker's CPU per
+    fetch as a partition grows). The worker stages report the CPU µs per record of each of
+    their processes.
     """
     # heavy (faust, aiohttp, the embedded broker): only this command needs the bench
+    from processor.bench.fetchcost import parse_fetchcost_steps
     from processor.bench.run import run_bench
     from processor.bench.scale import parse_counts
     from processor.bench.stages import ALL_STAGES, BenchConfig
@@ -151,5 +156,6 @@ def bench(events: int, profiles: int, concurrency: int, brokers: str | None, rat
                          state_profiles=state_profiles, soak_events=soak_events, soak_seconds=soak_seconds,
                          broker="kafka" if kafka else "embedded",
                          scale_workers=parse_counts("--scale-workers", scale_workers),
-                         scale_partitions=parse_counts("--scale-partitions", scale_partitions))
+                         scale_partitions=parse_counts("--scale-partitions", scale_partitions),
+                         fetchcost_batches=parse_fetchcost_steps(fetchcost_batches))
     sys.exit(run_bench(config, as_json=as_json))

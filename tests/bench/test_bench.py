@@ -28,22 +28,29 @@ def test_bench_smoke_runs_every_stage() -> None:
     # On Kafka without the state and soak stages (the Kafka legs' time budget): RocksDB
     # restarts on Kafka are covered by tests/engine/test_engine_workers.py.
     stages = "raw,agent,processor,dispatcher,e2e,half" if on_kafka else f"{EVERY_STAGE},{SOAK}"
+    stages += ",fetchcost"
     done = subprocess.run(
         [sys.executable, "-m", "processor", "bench", "--events", "300", "--profiles", "40",
          "--concurrency", "16", "--partitions", "2", "--stages", stages, "--state-profiles", "400",
-         "--soak-events", "200", "--soak-seconds", "2", "--json", *(["--kafka"] if on_kafka else [])],
+         "--soak-events", "200", "--soak-seconds", "2", "--fetchcost-batches", "100,200", "--json",
+         *(["--kafka"] if on_kafka else [])],
         capture_output=True, timeout=590, env=env,
     )
     assert done.returncode == 0, done.stderr.decode()[-3000:] + done.stdout.decode()[-3000:]
     report = orjson.loads(done.stdout)
     stages = {s["stage"]: s for s in report["stages"]}
-    assert len(stages) == (6 if on_kafka else 12)
+    assert len(stages) == (8 if on_kafka else 14)
+    # The broker's CPU per fetch at each reading (figures, not asserted: a property of the broker).
+    for batches in ("100", "200"):
+        reading = stages.pop(f"fetchcost: {batches} stored batches")
+        assert reading["count"] > 0 and "broker CPU per fetch of the last record" in reading["note"]
     if not on_kafka:
         # The soak at a tiny size: counts only (every delivery terminal, the first tries counted).
         soak = stages.pop("soak: first tries, 10% 503, 1% hang, one down")
         unloaded = next(stages.pop(name) for name in list(stages) if name.startswith("soak: unloaded"))
         assert soak["count"] == 200 and unloaded["count"] >= 1
         assert " 0 not terminal" in soak["note"] and set(soak["peak_rss_mb"]) == {"processor", "dispatcher"}
+        assert "by minute: first-try p99 " in soak["note"] and "CPU cores broker " in soak["note"]
         fill = stages.pop("fill: 400 profiles, each waiting on a delay")
         ready = stages.pop("restart to ready with 400 profiles")
         assert fill["count"] == 400 and fill["peak_rss_mb"]["processor"] > 0
