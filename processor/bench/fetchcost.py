@@ -22,7 +22,7 @@ from processor.bench.scale import parse_counts
 from processor.bench.stages import Bench, StageResult
 from processor.kafka import ensure_topics, make_producer, make_reader
 
-FETCHES: Final = 40  # fetches per reading
+FETCHES: Final = 200  # fetches per reading (CPU time is read in 10 ms ticks)
 BIG_BATCH: Final = 50  # records per batch in the control partition
 VALUE: Final = b"x" * 200  # about a webhook-due record's size
 

@@ -17,6 +17,7 @@ outcomes, deliveries the breaker deferred, and each worker's peak RSS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import subprocess
 import sys
@@ -186,15 +187,16 @@ class CpuTimeline:
     def __init__(self, pids: dict[str, list[int]], every_s: float = 10.0) -> None:
         self.pids, self.every_s = pids, every_s
         self.rows: list[tuple[int, dict[str, float]]] = []  # (wall clock ms, cores per role)
-        self.done = False
 
     async def run(self) -> None:
         last, last_at = sample(self.pids), time.monotonic()
-        while not self.done:
+        while True:  # until cancelled
             await asyncio.sleep(self.every_s)
             now, now_at = sample(self.pids), time.monotonic()
             elapsed = now_at - last_at
-            self.rows.append((now_ms(), {role: (now[role] - last.get(role, 0.0)) / elapsed for role in now}))
+            # max: a process gone since the last sample reads 0 CPU seconds
+            self.rows.append((now_ms(), {role: max(0.0, now[role] - last.get(role, 0.0)) / elapsed
+                                         for role in now}))
             last, last_at = now, now_at
 
     def per_minute(self, role: str, start_ms: int, minutes: int) -> list[float]:
@@ -291,9 +293,11 @@ async def run_soak_stage(bench: Bench, events: int, seconds: float) -> list[Stag
         finally:
             for worker in workers:
                 worker.stop()
-            tally.done = timeline.done = True
+            tally.done = True
         await follower
-        await sampler
+        sampler.cancel()  # it only sleeps between samples; what it sampled is kept
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
         counts, open_, total = tally.summary()
     finally:
         receiver.terminate()
