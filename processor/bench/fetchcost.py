@@ -17,9 +17,8 @@ from typing import Final
 import click
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from processor.bench.cpu import sample
 from processor.bench.scale import parse_counts
-from processor.bench.stages import Bench, StageResult
+from processor.bench.stages import Bench, StageResult, broker_cpu_s
 from processor.kafka import ensure_topics, make_producer, make_reader
 
 FETCHES: Final = 200  # fetches per reading (CPU time is read in 10 ms ticks)
@@ -71,22 +70,18 @@ async def run_fetch_cost_stage(bench: Bench, steps: tuple[int, ...]) -> list[Sta
 
 async def _fill(bench: Bench, producer: AIOKafkaProducer, topic: str, count: int) -> float:
     """Broker CPU seconds to store `count` records, one batch each (each send awaited)."""
-    before = _broker_s(bench)
+    before = broker_cpu_s(bench.broker_pids)
     for _ in range(count):
         await producer.send_and_wait(topic, VALUE, partition=0)
-    return _broker_s(bench) - before
+    return broker_cpu_s(bench.broker_pids) - before
 
 
 async def _fetch_cost(bench: Bench, reader: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> float:
     """Broker CPU µs per fetch starting at `offset` (a fresh fetch each time: seek drops the buffer)."""
     reader.assign([tp])
     await reader.getmany(tp, timeout_ms=1000)  # the partition's metadata and position, not measured
-    before = _broker_s(bench)
+    before = broker_cpu_s(bench.broker_pids)
     for _ in range(FETCHES):
         reader.seek(tp, offset)
         await reader.getmany(tp, timeout_ms=2000, max_records=1)
-    return (_broker_s(bench) - before) * 1e6 / FETCHES
-
-
-def _broker_s(bench: Bench) -> float:
-    return sample({"broker": list(bench.broker_pids)})["broker"]
+    return (broker_cpu_s(bench.broker_pids) - before) * 1e6 / FETCHES

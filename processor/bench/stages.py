@@ -39,7 +39,15 @@ import orjson
 
 from processor import records
 from processor.bench.agent import OUT_SUFFIX
-from processor.bench.cpu import CLIENT, DRIVER, CpuWindow, per_record_us, pipeline_total_us, records_after
+from processor.bench.cpu import (
+    CLIENT,
+    DRIVER,
+    CpuWindow,
+    cpu_seconds,
+    per_record_us,
+    pipeline_total_us,
+    records_after,
+)
 from processor.clock import iso, now_ms
 from processor.devtools.stack import WorkerProcess, apply_definitions
 from processor.kafka import ensure_topics, make_producer, read_records
@@ -538,12 +546,4 @@ def start_receiver_process(port: int) -> subprocess.Popen[bytes]:
 
 def broker_cpu_s(pids: tuple[int, ...]) -> float:
     """User + system CPU seconds the broker processes used so far (Linux /proc); 0 elsewhere."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-    return total
+    return sum(cpu_seconds(pid) or 0.0 for pid in pids)

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from processor.cli.base import load_settings, run_kafka
+from processor.cli.base import brokers_option, load_settings, run_kafka
 from processor.clock import now_ms
 from processor.console import auth
 from processor.console.audit import audit_record, write_once
@@ -32,7 +32,7 @@ from processor.durations import DurationError, parse_duration_ms
               help="The index file (default: <data dir>/console/index-PORT.sqlite, one per console).")
 @click.option("--retention", default="30d", show_default=True,
               help="Forget deliveries older than this (the results topic's retention.ms, 30d by default).")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 @click.pass_context
 def console(ctx: click.Context, port: int, host: str, index_path: Path | None, retention: str,
             brokers: str | None) -> None:
@@ -79,8 +79,6 @@ def _password(from_stdin: bool) -> str:
     return str(click.prompt("password", hide_input=True, confirmation_prompt=True))
 
 
-brokers_option = click.option("--brokers", default=None,
-                              help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
 stdin_option = click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 
 

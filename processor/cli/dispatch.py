@@ -7,7 +7,7 @@ import gc
 import click
 
 from processor import constants as c
-from processor.cli.base import load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async
 from processor.cli.options import metrics_port_option
 from processor.dispatch.breaker import DEFAULT_THRESHOLD
 from processor.dispatch.replay import ReplayFilter, parse_time
@@ -26,7 +26,7 @@ def _tune_gc() -> None:
 
 
 @click.command()
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 @click.option(
     "--concurrency",
     type=click.IntRange(min=1),
@@ -92,7 +92,7 @@ def dispatcher(
 
 
 @click.command()
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 @click.option("--flow", "flow_id", default=None, help="Only deliveries of this flow id.")
 @click.option(
     "--since",

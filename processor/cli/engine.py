@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from processor.cli.base import load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async
 from processor.cli.options import metrics_port_option
 
 
 @click.command()
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 @click.option(
     "--store",
     type=click.Choice(["memory", "rocksdb"]),

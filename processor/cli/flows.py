@@ -15,7 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from processor.cli.base import load_settings, run_kafka
+from processor.cli.base import brokers_option, load_settings, run_kafka
 from processor.cli.flows_import import run_import
 from processor.engine.preview import preview as walk
 from processor.engine.preview import read_record_file
@@ -97,7 +97,7 @@ def validate(paths: tuple[Path, ...], allow_http: bool | None) -> None:
 @flows.command("apply")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @http_option
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def apply_command(paths: tuple[Path, ...], allow_http: bool | None, brokers: str | None) -> None:
     """Validate, then publish changed flows to the flows topic (new version per change)."""
     checked = check_files(paths, allow_http)
@@ -152,7 +152,7 @@ def import_command(file: Path, output: Path | None, metrics: tuple[str, ...], fl
 
 
 @flows.command("list")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def list_command(brokers: str | None) -> None:
     """Show the flows on the flows topic: id, name, status, trigger, version, steps."""
     settings = load_settings(brokers=brokers)
@@ -175,7 +175,7 @@ def list_command(brokers: str | None) -> None:
 
 @flows.command("delete")
 @click.argument("flow_id")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def delete_command(flow_id: str, brokers: str | None) -> None:
     """Remove a flow (publishes a tombstone); its running runs stop at their next step."""
     settings = load_settings(brokers=brokers)

@@ -13,7 +13,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from processor.cli.base import load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async
 from processor.dispatch.replay import parse_time
 from processor.ops.delivery_view import describe_delivery, print_delivery
 from processor.ops.lag import group_lags
@@ -55,7 +55,7 @@ def _time_option(name: str, text: str) -> Any:
               "top errors; per flow: run counts.")
 @click.option("--json", "as_json", is_flag=True, help="With --summary or --delivery: one JSON object.")
 @click.option("--idle", default=2.0, show_default=True, help="Stop after this many idle seconds.")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def results(follow: bool, flow_id: str | None, delivery_id: str | None, outcomes: tuple[str, ...],
             since: str | None, until: str | None, limit: int | None, summary: bool, as_json: bool,
             idle: float, brokers: str | None) -> None:
@@ -107,7 +107,7 @@ def _show_delivery(delivery_id: str, collected: list[dict[str, Any]], as_json: b
 @click.command()
 @click.option("--group", "groups", multiple=True, help="Only this consumer group (repeat for several).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per group and topic.")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def lag(groups: tuple[str, ...], as_json: bool, brokers: str | None) -> None:
     """Committed consumer lag per consumer group and topic (Flowhook's groups by default)."""
     settings = load_settings(brokers=brokers)

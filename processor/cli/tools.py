@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 
-from processor.cli.base import load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async
 from processor.devtools.sending import produce_lines, read_lines, schema_for_topic
 from processor.kafka import ensure_topics
 
@@ -64,7 +64,7 @@ def dev(port: int, flows_dir: Path | None, receiver_port: int, kafka: bool) -> N
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--topic", default=None, help="Topic to produce to (default: the events topic).")
 @click.option("--rate", type=float, default=None, help="At most this many records per second.")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def send(file: Path, topic: str | None, rate: float | None, brokers: str | None) -> None:
     """Produce events (one JSON object per line) from FILE, keyed by profile, with progress."""
     settings = load_settings(brokers=brokers)

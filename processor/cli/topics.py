@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from processor.cli.base import load_settings
+from processor.cli.base import brokers_option, load_settings
 from processor.topic_plan import planned_topics
 
 
@@ -14,7 +14,7 @@ def topics() -> None:
 
 
 @topics.command("plan")
-@click.option("--brokers", default=None, help="Kafka bootstrap servers (env FLOWHOOK_BROKERS).")
+@brokers_option
 def plan(brokers: str | None) -> None:
     """Print one kafka-topics.sh command per topic (FLOWHOOK_PARTITIONS, _REPLICATION, _TOPIC_PREFIX)."""
     settings = load_settings(brokers=brokers)

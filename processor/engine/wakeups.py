@@ -106,9 +106,7 @@ class WakeUps:
                 if read % REBUILD_CHUNK == 0:
                     await asyncio.sleep(0)  # let the agent and the timer run
                 self._index(raw, dated, now)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # a store that cannot be read: wake-ups would be lost silently
+        except Exception as exc:  # a store that cannot be read (a cancel is not an Exception: it goes on up)
             log.exception("due_index_rebuild_failed", profiles_read=read)
             if self._on_failure is not None:
                 self._on_failure(exc)
