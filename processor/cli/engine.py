@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import signal
 from pathlib import Path
 
 import click
 
-from processor.cli.base import brokers_option, load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async, stop_on_signals, tune_gc_for_worker
 from processor.cli.options import metrics_port_option
 
 
@@ -36,24 +33,10 @@ def processor(
     raise SystemExit(run_async(_serve(settings), worker=True))
 
 
-def _tune_gc() -> None:
-    """Fewer, larger young-generation collections: every record allocates many short-lived
-    objects (decoded JSON, outputs, template views), and with the default threshold (700)
-    the collector runs thousands of times a second. Objects alive at start (modules, Faust,
-    Jinja) are frozen out of collections."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 async def _serve(settings: object) -> int:
     """Run until SIGTERM/SIGINT, then stop gracefully (commit offsets, flush the producer)."""
     from processor.engine.app import run_processor  # heavy (faust, aiohttp): only this command needs it
 
-    _tune_gc()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await run_processor(settings, stop)  # type: ignore[arg-type]
+    tune_gc_for_worker()
+    await run_processor(settings, stop_on_signals())  # type: ignore[arg-type]
     return 0

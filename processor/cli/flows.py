@@ -15,15 +15,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from processor.cli.base import brokers_option, load_settings, run_kafka
+from processor.cli.base import EXIT_BAD_INPUT, brokers_option, load_settings, run_kafka
 from processor.cli.flows_import import run_import
 from processor.engine.preview import preview as walk
 from processor.engine.preview import read_record_file
 from processor.errors import FlowhookError, InputError, Problem, warning_line
 from processor.flows.loader import FLOW_SUFFIXES, CheckedFile, check_flow_file, flow_from_dict
 from processor.ops import publish
-
-EXIT_BAD_INPUT = 2
 
 
 def expand_paths(paths: tuple[Path, ...]) -> list[Path]:

@@ -12,10 +12,9 @@ from pathlib import Path
 import click
 import orjson
 
+from processor.cli.base import EXIT_BAD_INPUT, EXIT_OK
 from processor.flows.klaviyo_import import Imported, convert, to_yaml
 from processor.flows.loader import check_definition
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
 def run_import(

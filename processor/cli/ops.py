@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import sys
 from typing import Any, get_args
 
@@ -13,7 +10,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from processor.cli.base import brokers_option, load_settings, run_async
+from processor.cli.base import brokers_option, load_settings, run_async, stop_on_signals
 from processor.dispatch.replay import parse_time
 from processor.ops.delivery_view import describe_delivery, print_delivery
 from processor.ops.lag import group_lags
@@ -23,16 +20,6 @@ from processor.ops.summary_table import print_summary
 from processor.records import Outcome
 
 __all__ = ["lag", "results"]
-
-
-def _stop_on_ctrl_c() -> asyncio.Event:
-    """Ctrl-C (or SIGTERM) ends a following read cleanly: exit 0, as SPEC §5 asks."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return stop
 
 
 def _time_option(name: str, text: str) -> Any:
@@ -73,7 +60,7 @@ def results(follow: bool, flow_id: str | None, delivery_id: str | None, outcomes
 
 async def _results(settings: Any, selection: Any, collect: bool, summary: bool, as_json: bool, idle: float,
                    follow: bool) -> int:
-    stop = _stop_on_ctrl_c()
+    stop = stop_on_signals()  # Ctrl-C ends a following read: exit 0 (SPEC §5)
     collected: list[dict[str, Any]] = []
     async for raw, value in read_results(settings, selection, idle_s=idle, follow=follow, stop=stop.is_set):
         if collect:
