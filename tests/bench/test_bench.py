@@ -65,9 +65,9 @@ def test_bench_smoke_runs_every_stage() -> None:
     # CPU per record: each stage names the processes it ran, counted over its own records.
     roles = {name: set(stage["cpu_us_per_record"]) for name, stage in stages.items()}
     assert roles["raw HTTP (aiohttp client)"] == {"client", "receiver"}
-    assert roles["plain Faust agent (baseline)"] == {"agent", "broker", "driver"}
     # A worker stage this small may write every output before the window opens; then it says so.
-    for name, expected in (("processor", {"processor", "broker", "driver"}),
+    for name, expected in (("plain Faust agent (baseline)", {"agent", "broker", "driver"}),
+                           ("processor", {"processor", "broker", "driver"}),
                            ("dispatcher", {"dispatcher", "broker", "receiver", "driver"})):
         assert roles[name] == expected or (not roles[name] and NO_CPU_NOTE in stages[name]["note"])
     for name in ("end to end", "end to end at half that rate"):
